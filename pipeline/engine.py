@@ -1,0 +1,108 @@
+"""The training engine shared by pre-training and fine-tuning: device, seeds, one epoch, evaluation, checkpoints.
+
+A *step function* ``step(model, batch) -> (loss, metrics)`` adapts the engine to a task: ``loss`` is a scalar
+tensor to minimise, ``metrics`` a dict of floats averaged over the epoch (weighted by batch size).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from pipeline.io import atomic_path
+
+__all__ = ["evaluate", "resolve_device", "save_checkpoint", "seed_everything", "train_one_epoch"]
+
+log = logging.getLogger(__name__)
+
+Batch = dict[str, torch.Tensor]
+StepFn = Callable[[nn.Module, Batch], tuple[torch.Tensor, dict[str, float]]]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``'auto'`` → CUDA when present, else CPU; ``'cuda'`` without a GPU raises RuntimeError."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but no CUDA device is available")
+    if name == "cpu":
+        torch.set_num_threads(len(os.sched_getaffinity(0)))
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _autocast(device: torch.device):
+    # bf16 autocast on GPU; CPU runs in float32 (bf16 on CPU is slower here and changes numerics)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def _to_device(batch: Batch, device: torch.device) -> Batch:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def train_one_epoch(model: nn.Module, batches: Iterable[Batch], step: StepFn, optimizer: torch.optim.Optimizer,
+                    device: torch.device, desc: str = "train", progress: bool = True) -> dict[str, float]:
+    """One pass over ``batches``: forward under autocast, backward, optimizer step.
+
+    Returns:
+        The batch-size-weighted means of ``loss`` and of every metric the step function returned.
+
+    Raises:
+        FloatingPointError: the loss became NaN or infinite (names the batch).
+    """
+    model.train()
+    sums: dict[str, float] = defaultdict(float)
+    count = 0
+    for i, batch in enumerate(tqdm(batches, desc=desc, leave=False, disable=None if progress else True)):
+        batch = _to_device(batch, device)
+        with _autocast(device):
+            loss, metrics = step(model, batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{desc}: loss is {loss.item()} at batch {i}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        size = len(next(iter(batch.values())))
+        count += size
+        for key, value in {"loss": loss.item(), **metrics}.items():
+            sums[key] += value * size
+    return {key: value / max(count, 1) for key, value in sums.items()}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable[Batch], step: StepFn, device: torch.device) -> dict[str, float]:
+    """Batch-size-weighted means of the step function's loss and metrics, in eval mode, without gradients."""
+    model.eval()
+    sums: dict[str, float] = defaultdict(float)
+    count = 0
+    for batch in batches:
+        batch = _to_device(batch, device)
+        with _autocast(device):
+            loss, metrics = step(model, batch)
+        size = len(next(iter(batch.values())))
+        count += size
+        for key, value in {"loss": loss.item(), **metrics}.items():
+            sums[key] += value * size
+    return {key: value / max(count, 1) for key, value in sums.items()}
+
+
+def save_checkpoint(path: str | Path, **state: Any) -> None:
+    """``torch.save(state)`` to ``path`` atomically (temporary file, then rename)."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)

@@ -1,0 +1,109 @@
+"""Micro-expression samples → aligned onset/apex face crops.
+
+A micro-expression moves the face by 0.5–2 px, less than a detector's jitter, so each clip gets ONE crop
+transform, computed on its onset frame, and the same transform is applied to its apex frame (DESIGN §3).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from pipeline.config import MicroParams
+from pipeline.datasets.casme2 import load_casme2
+from pipeline.datasets.protocols import class_names
+from pipeline.io import encode_png
+from pipeline.video import HaarFaceDetector, crop_matrix, warp_face
+
+__all__ = ["align_clip", "ingest_micro", "read_image"]
+
+log = logging.getLogger(__name__)
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Read a frame file as ``(H, W, 3) uint8 RGB``.
+
+    Raises:
+        FileNotFoundError: the file does not exist or cannot be decoded (the message names it).
+    """
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise FileNotFoundError(f"{path}: frame file missing or not a readable image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def align_clip(onset: np.ndarray, apex: np.ndarray, params: MicroParams,
+               detector: HaarFaceDetector | None) -> tuple[np.ndarray, np.ndarray]:
+    """Crop onset and apex with one transform computed on the onset frame.
+
+    Args:
+        onset, apex: ``(H, W, 3) uint8 RGB`` frames of one clip (same size).
+        params: the ``micro`` section (``box_scale``, ``image_size_px``).
+        detector: Haar detector, or None for pre-cropped faces (the centred square of the frame is used).
+
+    Returns:
+        ``(onset_crop, apex_crop)``, each ``(image_size_px, image_size_px, 3) uint8 RGB``.
+
+    Raises:
+        ValueError: frames of different sizes, or no face found on the onset frame.
+    """
+    if onset.shape != apex.shape:
+        raise ValueError(f"onset {onset.shape} and apex {apex.shape} frames differ in size")
+    height, width = onset.shape[:2]
+    if detector is None:
+        side = float(min(height, width))
+        box, scale = ((width - side) / 2, (height - side) / 2, side, side), 1.0
+    else:
+        box, scale = detector.detect(onset), params.box_scale
+        if box is None:
+            raise ValueError("no face found on the onset frame")
+    matrix = crop_matrix(box, scale, params.image_size_px)
+    return warp_face(onset, matrix, params.image_size_px), warp_face(apex, matrix, params.image_size_px)
+
+
+def ingest_micro(params: MicroParams, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Read the dataset's annotations through its adapter and align every sample's onset and apex.
+
+    Returns:
+        ``(samples, dropped)``: ``samples`` has the adapter's columns plus ``onset_image``, ``apex_image``
+        (PNG bytes of ``(image_size_px, image_size_px, 3) uint8 RGB``) and ``image_size_px``; ``dropped`` has
+        ``dataset, sheet_row, subject, clip, reason`` for every annotation row that is not a sample (bad cell,
+        label outside the protocol, frame file missing, no face).
+
+    Raises:
+        AnnotationError: the annotation sheet is missing or malformed.
+        ValueError: no sample is left.
+    """
+    names = class_names(params.protocol)
+    # 'demo' is the synthesized dataset, written in the CASME II layout: it goes through the same adapter.
+    samples, dropped = load_casme2(params.root, params.annotation, params.casme2_frames, params.protocol,
+                                   params.dataset, names)
+    detector = HaarFaceDetector() if params.detector == "haar" else None
+    onsets, apexes, ok, failures = [], [], [], []
+    for row in tqdm(samples.itertuples(index=False), total=len(samples), desc="align clips",
+                    disable=None if progress else True):
+        try:
+            onset, apex = align_clip(read_image(Path(row.onset_path)), read_image(Path(row.apex_path)), params,
+                                     detector)
+        except (FileNotFoundError, ValueError) as err:
+            failures.append(dict(dataset=row.dataset, sheet_row=row.sheet_row, subject=row.subject,
+                                 clip=row.clip, reason=f"{row.sample_id}: {err}"))
+            ok.append(False)
+            continue
+        onsets.append(encode_png(onset))
+        apexes.append(encode_png(apex))
+        ok.append(True)
+    samples = samples[np.array(ok, dtype=bool)].reset_index(drop=True)
+    samples["onset_image"], samples["apex_image"] = onsets, apexes
+    samples["image_size_px"] = params.image_size_px
+    dropped = pd.concat([dropped, pd.DataFrame(failures, columns=dropped.columns)], ignore_index=True)
+    for reason in dropped["reason"]:
+        log.info("dropped: %s", reason)
+    if samples.empty:
+        raise ValueError(f"{params.root}: no usable sample ({len(dropped)} annotation rows dropped)")
+    return samples, dropped

