@@ -1,0 +1,95 @@
+"""The CASME II adapter on the real coding sheets and on small trees in the real on-disk layout."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.config import MicroParams
+from pipeline.datasets.casme2 import AnnotationError, load_casme2, read_coding_sheet
+from pipeline.datasets.protocols import class_names
+from pipeline.ingest_micro import ingest_micro
+
+NAMES = class_names("megc2019-3class")
+
+
+@pytest.mark.parametrize("sheet", ["CASME2-coding-20140508.xlsx", "CASME2-coding-20190701.xlsx"])
+def test_real_sheets_every_row_ends_somewhere(shared_annotations, tmp_path, sheet):
+    path = shared_annotations / "casme2" / sheet
+    samples, dropped = load_casme2(tmp_path, path, "raw", "megc2019-3class", "casme2", NAMES)
+    assert len(samples) + len(dropped) == 255
+    assert samples["subject"].str.match(r"^casme2/sub\d\d$").all()
+    assert set(samples["label_name"]) == set(NAMES)
+    slash = dropped[dropped["clip"] == "EP12_01f"]
+    assert "row 31 column ApexFrame: '/'" in slash["reason"].iloc[0]
+    outside = dropped["reason"].str.contains("outside protocol")
+    assert outside.sum() == len(dropped) - 1  # others, sadness, fear; plus the '/' row
+    assert samples["onset_path"].iloc[0].endswith("CASME2_RAW_selected/sub01/EP02_01f/img46.jpg")
+
+
+def _write_tree(root, rows, sheet_rows=None):
+    """Frames of ``rows`` in the Cropped layout, and a sheet of ``sheet_rows`` (default: ``rows``)."""
+    for subject, clip, onset, apex, offset, _, _ in rows:
+        clip_dir = root / "Cropped" / f"sub{subject}" / clip
+        clip_dir.mkdir(parents=True, exist_ok=True)
+        for n in range(onset, offset + 1):
+            cv2.imwrite(str(clip_dir / f"reg_img{n}.jpg"), np.full((40, 40, 3), n % 255, np.uint8))
+    sheet = pd.DataFrame(rows if sheet_rows is None else sheet_rows, columns=["Subject", "Filename", "OnsetFrame", "ApexFrame", "OffsetFrame",
+                                        "Action Units", "Estimated Emotion"])
+    sheet.insert(2, "Unnamed: 2", None)
+    sheet.insert(6, "Unnamed: 6", None)
+    sheet.columns = [c if not c.startswith("Unnamed") else "" for c in sheet.columns]
+    sheet.to_excel(root / "CASME2-coding-20140508.xlsx", index=False)
+
+
+def _params(root, **kw):
+    base = dict(dataset="demo", root=root, annotation=None, protocol="megc2019-3class", casme2_frames="cropped",
+                detector="none", box_scale=1.3, image_size_px=32)
+    return MicroParams(**{**base, **kw})
+
+
+ROWS = [
+    ("01", "EP01_01", 10, 12, 15, "12", "happiness"),
+    ("01", "EP02_01", 20, 22, 24, "4", "disgust"),
+    ("02", "EP01_02", 5, 7, 9, "1+2", "surprise"),
+    ("02", "EP03_01", 5, 7, 9, "14", "others"),
+]
+
+
+def test_adapter_on_a_tree_in_the_casme2_layout(tmp_path):
+    _write_tree(tmp_path, ROWS)
+    samples, dropped = ingest_micro(_params(tmp_path), progress=False)
+    assert samples["subject"].tolist() == ["demo/sub01", "demo/sub01", "demo/sub02"]
+    assert samples["label_name"].tolist() == ["positive", "negative", "surprise"]
+    assert samples[["onset_frame", "apex_frame", "offset_frame"]].iloc[0].tolist() == [10, 12, 15]
+    assert len(samples["onset_image"].iloc[0]) > 0 and (samples["image_size_px"] == 32).all()
+    assert dropped["reason"].str.contains("'others' is outside protocol").tolist() == [True]
+
+
+def test_missing_frame_file_is_dropped_with_its_name(tmp_path):
+    _write_tree(tmp_path, ROWS)
+    missing = tmp_path / "Cropped" / "sub01" / "EP02_01" / "reg_img22.jpg"
+    missing.unlink()
+    samples, dropped = ingest_micro(_params(tmp_path), progress=False)
+    assert len(samples) == 2
+    assert dropped["reason"].str.contains(str(missing), regex=False).any()
+
+
+def test_missing_sheet_and_columns_are_named(tmp_path):
+    with pytest.raises(AnnotationError, match="CASME2-coding-20140508.xlsx: annotation sheet not found"):
+        load_casme2(tmp_path, None, "cropped", "megc2019-3class", "demo", NAMES)
+    pd.DataFrame({"Subject": ["01"], "Filename": ["EP01"]}).to_excel(tmp_path / "bad.xlsx", index=False)
+    with pytest.raises(AnnotationError, match=r"missing columns \['OnsetFrame'.*found \['Subject', 'Filename'\]"):
+        read_coding_sheet(tmp_path / "bad.xlsx")
+
+
+def test_bad_cells_name_row_and_column(tmp_path):
+    rows = ROWS + [("", "EP09_01", 1, 2, 3, "12", "happiness"), ("03", "EP09_02", 9, 20, 12, "12", "happiness")]
+    _write_tree(tmp_path, ROWS, sheet_rows=rows)
+    samples, dropped = load_casme2(tmp_path, None, "cropped", "megc2019-3class", "demo", NAMES)
+    reasons = " | ".join(dropped["reason"])
+    assert "row 6: empty Subject" in reasons
+    assert "row 7: apex 20 outside [onset 9, offset 12]" in reasons
+    assert len(samples) + len(dropped) == len(rows)
