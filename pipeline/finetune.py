@@ -49,9 +49,10 @@ class MicroTensors:
 
 
 def _param_groups(model: nn.Module, params: FinetuneParams, pretrained: bool) -> list[dict]:
-    encoder = [p for n, p in model.named_parameters() if n.startswith(("position_branch.", "action_branch."))]
-    ids = {id(p) for p in encoder}
-    head = [p for p in model.parameters() if id(p) not in ids]
+    """Two AdamW groups: the branches (lr scaled by ``encoder_lr_scale`` when pre-trained) and the head."""
+    head = model.head_parameters()
+    ids = {id(p) for p in head}
+    encoder = [p for p in model.parameters() if id(p) not in ids]
     scale = params.encoder_lr_scale if pretrained else 1.0
     return [{"params": encoder, "lr": params.lr * scale}, {"params": head, "lr": params.lr}]
 
