@@ -81,7 +81,8 @@ def _figures(out: Path, confusions: dict, curves: pd.DataFrame, names: tuple[str
     with atomic_path(out / "confusion.png") as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
-    ax = curves.plot(xlabel="epoch", ylabel="training loss (mean over LOSO folds)", figsize=(6, 4), marker="o")
+    ax = curves.plot(xlabel="epoch", ylabel="training loss (mean over LOSO folds)", figsize=(6, 4), marker="o",
+                     title="Fine-tuning: training loss per epoch")
     with atomic_path(out / "curves.png") as tmp:
         ax.figure.savefig(tmp, format="png", dpi=120)
     plt.close(ax.figure)

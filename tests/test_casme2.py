@@ -93,3 +93,22 @@ def test_bad_cells_name_row_and_column(tmp_path):
     assert "row 6: empty Subject" in reasons
     assert "row 7: apex 20 outside [onset 9, offset 12]" in reasons
     assert len(samples) + len(dropped) == len(rows)
+
+
+def test_adapter_reads_the_synthesized_demo_exactly(tmp_path, raw_params):
+    from pipeline.config import SynthesizeParams
+    from pipeline.synth import render_demo
+    from tests.conftest import shrink
+
+    synth = SynthesizeParams(**shrink(raw_params)["synthesize"])
+    truth = render_demo(synth, tmp_path / "micro", tmp_path / "macro", progress=False)
+    samples, dropped = ingest_micro(_params(tmp_path / "micro", image_size_px=48), progress=False)
+    assert dropped.empty
+    assert len(samples) == synth.n_subjects * synth.clips_per_class * 3 == len(truth)
+    merged = samples.assign(subject=samples["subject"].str.removeprefix("demo/")).merge(
+        truth, on=["subject", "clip"], suffixes=("", "_truth"))
+    assert len(merged) == len(samples)
+    assert (merged["label_name"] == merged["class"]).all()
+    assert (merged[["onset_frame", "apex_frame", "offset_frame"]].to_numpy()
+            == merged[["onset_frame_truth", "apex_frame_truth", "offset_frame_truth"]].to_numpy()).all()
+    assert samples["onset_image"].ne(samples["apex_image"]).all()  # the apex moved
