@@ -70,14 +70,15 @@ class FuturePairSampler:
 
     def __init__(self, index: pd.DataFrame, horizon_s: tuple[float, float]):
         times = index["time_s"].to_numpy(dtype=float)
-        order = np.lexsort((times, index["video"].to_numpy()))  # by video, then time
-        videos, times = index["video"].to_numpy()[order], times[order]
-        first = np.searchsorted(times, times + horizon_s[0] - 1e-9, side="left")
-        last = np.searchsorted(times, times + horizon_s[1] + 1e-9, side="right")
-        # searchsorted over the concatenation must not cross into the next video
-        video_end = np.r_[np.flatnonzero(videos[1:] != videos[:-1]) + 1, len(videos)]
-        end_of_mine = video_end[np.searchsorted(video_end, np.arange(len(videos)), side="right")]
-        first, last = np.maximum(first, np.arange(len(videos)) + 1), np.minimum(last, end_of_mine)
+        video_rank = pd.factorize(index["video"], sort=True)[0]
+        order = np.lexsort((times, video_rank))  # by video, then time
+        # one increasing time axis: each video starts after the previous one ends plus more than the horizon,
+        # so searchsorted is valid over the concatenation and a future frame never comes from another video
+        spacing = np.ptp(times) + horizon_s[1] + 1.0
+        axis = times[order] + video_rank[order] * spacing
+        first = np.searchsorted(axis, axis + horizon_s[0] - 1e-9, side="left")
+        last = np.searchsorted(axis, axis + horizon_s[1] + 1e-9, side="right")
+        first = np.maximum(first, np.arange(len(axis)) + 1)  # the future frame is strictly later
         valid = first < last
         if not valid.any():
             raise ValueError(f"no frame has a future frame {horizon_s} s ahead in the same video")

@@ -56,6 +56,23 @@ def _to_device(batch: Batch, device: torch.device) -> Batch:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
+class _WeightedMeans:
+    """Running batch-size-weighted means of a step's loss and metrics."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = defaultdict(float)
+        self.count = 0
+
+    def add(self, batch: Batch, loss: torch.Tensor, metrics: dict[str, float]) -> None:
+        size = len(next(iter(batch.values())))
+        self.count += size
+        for key, value in {"loss": loss.item(), **metrics}.items():
+            self.sums[key] += value * size
+
+    def means(self) -> dict[str, float]:
+        return {key: value / max(self.count, 1) for key, value in self.sums.items()}
+
+
 def train_one_epoch(model: nn.Module, batches: Iterable[Batch], step: StepFn, optimizer: torch.optim.Optimizer,
                     device: torch.device, desc: str = "train", progress: bool = True) -> dict[str, float]:
     """One pass over ``batches``: forward under autocast, backward, optimizer step.
@@ -67,8 +84,7 @@ def train_one_epoch(model: nn.Module, batches: Iterable[Batch], step: StepFn, op
         FloatingPointError: the loss became NaN or infinite (names the batch).
     """
     model.train()
-    sums: dict[str, float] = defaultdict(float)
-    count = 0
+    running = _WeightedMeans()
     for i, batch in enumerate(tqdm(batches, desc=desc, leave=False, disable=None if progress else True)):
         batch = _to_device(batch, device)
         with _autocast(device):
@@ -78,28 +94,21 @@ def train_one_epoch(model: nn.Module, batches: Iterable[Batch], step: StepFn, op
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        size = len(next(iter(batch.values())))
-        count += size
-        for key, value in {"loss": loss.item(), **metrics}.items():
-            sums[key] += value * size
-    return {key: value / max(count, 1) for key, value in sums.items()}
+        running.add(batch, loss, metrics)
+    return running.means()
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[Batch], step: StepFn, device: torch.device) -> dict[str, float]:
     """Batch-size-weighted means of the step function's loss and metrics, in eval mode, without gradients."""
     model.eval()
-    sums: dict[str, float] = defaultdict(float)
-    count = 0
+    running = _WeightedMeans()
     for batch in batches:
         batch = _to_device(batch, device)
         with _autocast(device):
             loss, metrics = step(model, batch)
-        size = len(next(iter(batch.values())))
-        count += size
-        for key, value in {"loss": loss.item(), **metrics}.items():
-            sums[key] += value * size
-    return {key: value / max(count, 1) for key, value in sums.items()}
+        running.add(batch, loss, metrics)
+    return running.means()
 
 
 def save_checkpoint(path: str | Path, **state: Any) -> None:

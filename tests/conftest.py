@@ -21,22 +21,23 @@ def repo() -> Path:
     return REPO
 
 
-@pytest.fixture(scope="session")
-def shared_videos() -> Path:
-    """Real face videos (../shared/datasets/videos); the test is skipped where that folder is absent."""
-    folder = SHARED / "videos"
+def _shared(name: str) -> Path:
+    folder = SHARED / name
     if not folder.is_dir():
         pytest.skip(f"{folder} is absent (a user's clone has no shared/; CI has it)")
     return folder
+
+
+@pytest.fixture(scope="session")
+def shared_videos() -> Path:
+    """Real face videos (../shared/datasets/videos); the test is skipped where that folder is absent."""
+    return _shared("videos")
 
 
 @pytest.fixture(scope="session")
 def shared_annotations() -> Path:
     """Real annotation sheets (../shared/datasets/annotations); skipped where absent."""
-    folder = SHARED / "annotations"
-    if not folder.is_dir():
-        pytest.skip(f"{folder} is absent (a user's clone has no shared/; CI has it)")
-    return folder
+    return _shared("annotations")
 
 
 @pytest.fixture()
