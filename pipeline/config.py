@@ -108,11 +108,14 @@ class MacroParams(_Section):
 
 
 class MicroParams(_Section):
-    dataset: Literal["demo", "casme2"]
-    root: Path
-    annotation: Path | None
-    protocol: Literal["megc2019-3class"]
+    dataset: Literal["demo", "casme2", "samm", "smic", "casme3", "mmew", "megc2019"]
+    root: Path  # dataset root; for megc2019 it holds casme2/, samm/, smic/ each in its own layout
+    annotation: Path | None  # the annotation file; None = the dataset's standard file under root
+    protocol: Literal["native", "casme2-5class", "megc2019-3class"]
+    apex_outside: Literal["middle", "drop"]  # apex outside [onset, offset]: use the middle frame, or drop
     casme2_frames: Literal["cropped", "raw"]
+    smic_labels: Literal["folders", "sheet"]  # SMIC-HS: labels from folders (HS/s1/micro/<class>/…) | HS-E sheet
+    smic_apex: Path | None  # CSV of spotted SMIC apex frames; None = the middle frame of each clip
     detector: Literal["haar", "none"]
     box_scale: float = Field(gt=0)
     image_size_px: int = Field(ge=16)

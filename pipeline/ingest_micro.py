@@ -6,6 +6,7 @@ transform, computed on its onset frame, and the same transform is applied to its
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -15,12 +16,11 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from pipeline.config import MicroParams
-from pipeline.datasets.casme2 import load_casme2
-from pipeline.datasets.protocols import class_names
+from pipeline.datasets import load_dataset
 from pipeline.io import encode_png
 from pipeline.video import HaarFaceDetector, crop_matrix, warp_face
 
-__all__ = ["align_clip", "ingest_micro", "read_image"]
+__all__ = ["align_clip", "ingest_micro", "read_classes", "read_image"]
 
 log = logging.getLogger(__name__)
 
@@ -66,23 +66,23 @@ def align_clip(onset: np.ndarray, apex: np.ndarray, params: MicroParams,
     return warp_face(onset, matrix, params.image_size_px), warp_face(apex, matrix, params.image_size_px)
 
 
-def ingest_micro(params: MicroParams, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+def ingest_micro(params: MicroParams, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """Read the dataset's annotations through its adapter and align every sample's onset and apex.
 
     Returns:
-        ``(samples, dropped)``: ``samples`` has the adapter's columns plus ``onset_image``, ``apex_image``
-        (PNG bytes of ``(image_size_px, image_size_px, 3) uint8 RGB``) and ``image_size_px``; ``dropped`` has
-        ``dataset, sheet_row, subject, clip, reason`` for every annotation row that is not a sample (bad cell,
-        label outside the protocol, frame file missing, no face).
+        ``(samples, dropped, classes)``: ``samples`` has the adapter's columns plus ``onset_image``,
+        ``apex_image`` (PNG bytes of ``(image_size_px, image_size_px, 3) uint8 RGB``) and ``image_size_px``;
+        ``dropped`` has ``source_dataset, sheet_row, subject, clip, reason`` for every annotation row that is not
+        a sample (bad cell, apex policy, label outside the protocol, frame file missing, no face); ``classes``
+        the class names in label order.
 
     Raises:
         AnnotationError: the annotation sheet is missing or malformed.
         ValueError: no sample is left.
     """
-    names = class_names(params.protocol)
-    # 'demo' is the synthesized dataset, written in the CASME II layout: it goes through the same adapter.
-    samples, dropped = load_casme2(params.root, params.annotation, params.casme2_frames, params.protocol,
-                                   params.dataset, names)
+    samples, dropped, classes, notes = load_dataset(params)
+    for note in notes:
+        log.warning("%s", note)
     detector = HaarFaceDetector() if params.detector == "haar" else None
     onsets, apexes, ok, failures = [], [], [], []
     for row in tqdm(samples.itertuples(index=False), total=len(samples), desc="align clips",
@@ -91,8 +91,8 @@ def ingest_micro(params: MicroParams, progress: bool = True) -> tuple[pd.DataFra
             onset, apex = align_clip(read_image(Path(row.onset_path)), read_image(Path(row.apex_path)), params,
                                      detector)
         except (FileNotFoundError, ValueError) as err:
-            failures.append(dict(dataset=row.dataset, sheet_row=row.sheet_row, subject=row.subject,
-                                 clip=row.clip, reason=f"{row.sample_id}: {err}"))
+            failures.append(dict(source_dataset=row.source_dataset, sheet_row=row.sheet_row,
+                                 subject=row.subject, clip=row.clip, reason=f"{row.sample_id}: {err}"))
             ok.append(False)
             continue
         onsets.append(encode_png(onset))
@@ -106,4 +106,16 @@ def ingest_micro(params: MicroParams, progress: bool = True) -> tuple[pd.DataFra
         log.info("dropped: %s", reason)
     if samples.empty:
         raise ValueError(f"{params.root}: no usable sample ({len(dropped)} annotation rows dropped)")
-    return samples, dropped
+    return samples, dropped, classes
+
+
+def read_classes(micro_dir: Path) -> list[str]:
+    """Class names in label order, as ``ingest_micro`` wrote them to ``micro_dir/summary.json``.
+
+    Raises:
+        FileNotFoundError: no summary (run the ingest_micro stage).
+    """
+    path = micro_dir / "summary.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; run `dvc repro ingest_micro`")
+    return list(json.loads(path.read_text())["classes"])

@@ -24,7 +24,7 @@ from prefect.artifacts import create_table_artifact  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
 from pipeline.config import Params, load_params  # noqa: E402
-from pipeline.datasets.protocols import class_names  # noqa: E402
+from pipeline.ingest_micro import read_classes  # noqa: E402
 from pipeline.io import atomic_dir, atomic_path, write_json  # noqa: E402
 from pipeline.metrics import classification_metrics, confusion, per_group_metrics  # noqa: E402
 
@@ -92,7 +92,7 @@ def _figures(out: Path, confusions: dict, curves: pd.DataFrame, names: tuple[str
 def evaluate_flow(params_path: str = "params.yaml") -> dict:
     """Pool every fold's predictions per init and write metrics, tables and plots."""
     params = load_params(params_path)
-    names = class_names(params.micro.protocol)
+    names = read_classes(params.paths.micro_dir)
     labels = list(range(len(names)))
     subjects = set(pd.read_parquet(params.paths.micro_dir / "samples.parquet", columns=["subject"])["subject"])
     metrics: dict = {"run": run_info(params)}

@@ -16,9 +16,9 @@ import torch
 from dvclive import Live
 
 from pipeline.config import load_params
-from pipeline.datasets.protocols import class_names
 from pipeline.engine import resolve_device, save_checkpoint, seed_everything
 from pipeline.finetune import MicroTensors, finetune_fold, predict
+from pipeline.ingest_micro import read_classes
 from pipeline.io import atomic_dir, write_parquet
 from pipeline.loso import loso_fold
 
@@ -35,7 +35,7 @@ def finetune_flow(init: str, fold: int, params_path: str = "params.yaml") -> dic
     seed_everything(params.finetune.seed)
     device = resolve_device(params.finetune.device)
     samples = pd.read_parquet(params.paths.micro_dir / "samples.parquet")
-    names = class_names(params.micro.protocol)
+    names = read_classes(params.paths.micro_dir)
     split = loso_fold(samples["subject"], fold)
     encoder = None
     if init == "ma2mi":

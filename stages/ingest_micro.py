@@ -13,19 +13,19 @@ from pipeline.orchestration import flow, get_run_logger, run_stage  # first: set
 import pandas as pd
 
 from pipeline.config import load_params
-from pipeline.datasets.protocols import class_names
 from pipeline.ingest_micro import ingest_micro
 from pipeline.io import atomic_dir, write_json, write_parquet
 
 
-def summarise(samples: pd.DataFrame, dropped: pd.DataFrame, protocol: str) -> dict:
-    """Human-readable counts: per class (every protocol class listed), per subject, per source; drops."""
+def summarise(samples: pd.DataFrame, dropped: pd.DataFrame, classes: list[str], protocol: str) -> dict:
+    """Human-readable counts: per class (every class listed), per subject, per source; every dropped row."""
     per_class = samples["label_name"].value_counts()
     return {
         "protocol": protocol,
+        "classes": classes,
         "samples": len(samples),
         "subjects": int(samples["subject"].nunique()),
-        "per_class": {name: int(per_class.get(name, 0)) for name in class_names(protocol)},
+        "per_class": {name: int(per_class.get(name, 0)) for name in classes},
         "per_subject": samples["subject"].value_counts().sort_index().to_dict(),
         "per_source": samples["source_dataset"].value_counts().to_dict(),
         "dropped": len(dropped),
@@ -37,8 +37,8 @@ def summarise(samples: pd.DataFrame, dropped: pd.DataFrame, protocol: str) -> di
 def ingest_micro_flow(params_path: str = "params.yaml") -> dict:
     """Read ``micro.root`` through its dataset adapter and write the samples table."""
     params = load_params(params_path)
-    samples, dropped = ingest_micro(params.micro)
-    summary = summarise(samples, dropped, params.micro.protocol)
+    samples, dropped, classes = ingest_micro(params.micro)
+    summary = summarise(samples, dropped, classes, params.micro.protocol)
     with atomic_dir(params.paths.micro_dir) as out:
         write_parquet(samples.drop(columns=["onset_path", "apex_path"]), out / "samples.parquet")
         write_parquet(dropped.astype({"sheet_row": "int64"}), out / "dropped.parquet")

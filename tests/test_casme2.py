@@ -8,25 +8,45 @@ import pandas as pd
 import pytest
 
 from pipeline.config import MicroParams
-from pipeline.datasets.casme2 import AnnotationError, load_casme2, read_coding_sheet
-from pipeline.datasets.protocols import class_names
+from pipeline.datasets import AnnotationError, load_dataset
+from pipeline.datasets.common import read_table
 from pipeline.ingest_micro import ingest_micro
 
-NAMES = class_names("megc2019-3class")
+
+def _params(root, **kw):
+    base = dict(dataset="demo", root=root, annotation=None, protocol="megc2019-3class", apex_outside="middle",
+                casme2_frames="cropped", smic_labels="folders", smic_apex=None, detector="none", box_scale=1.3,
+                image_size_px=32)
+    return MicroParams(**{**base, **kw})
 
 
 @pytest.mark.parametrize("sheet", ["CASME2-coding-20140508.xlsx", "CASME2-coding-20190701.xlsx"])
 def test_real_sheets_every_row_ends_somewhere(shared_annotations, tmp_path, sheet):
     path = shared_annotations / "casme2" / sheet
-    samples, dropped = load_casme2(tmp_path, path, "raw", "megc2019-3class", "casme2", NAMES)
+    samples, dropped, classes, _ = load_dataset(_params(tmp_path, dataset="casme2", annotation=path,
+                                                        casme2_frames="raw"))
     assert len(samples) + len(dropped) == 255
+    assert classes == ["negative", "positive", "surprise"]
     assert samples["subject"].str.match(r"^casme2/sub\d\d$").all()
-    assert set(samples["label_name"]) == set(NAMES)
-    slash = dropped[dropped["clip"] == "EP12_01f"]
-    assert "row 31 column ApexFrame: '/'" in slash["reason"].iloc[0]
-    outside = dropped["reason"].str.contains("outside protocol")
-    assert outside.sum() == len(dropped) - 1  # others, sadness, fear; plus the '/' row
+    assert (samples["source_dataset"] == "casme2").all()
+    assert set(samples["label_name"]) == set(classes)
+    assert (samples["label"] == samples["label_name"].map(classes.index)).all()
+    assert dropped["reason"].str.contains("outside protocol megc2019-3class").all()  # others, sadness, fear
     assert samples["onset_path"].iloc[0].endswith("CASME2_RAW_selected/sub01/EP02_01f/img46.jpg")
+
+
+@pytest.mark.parametrize(("sheet", "expected"), [("CASME2-coding-20140508.xlsx", 246),
+                                                 ("CASME2-coding-20190701.xlsx", 249)])
+def test_real_sheets_casme2_5class_counts(shared_annotations, tmp_path, sheet, expected):
+    path = shared_annotations / "casme2" / sheet
+    samples, dropped, classes, notes = load_dataset(_params(tmp_path, dataset="casme2", annotation=path,
+                                                            protocol="casme2-5class"))
+    assert len(samples) == expected and len(samples) + len(dropped) == 255
+    assert classes == ["happiness", "disgust", "repression", "surprise", "others"]
+    assert set(dropped["reason"].str.extract(r"emotion '(\w+)'")[0]) == {"sadness", "fear"}
+    # the '/' apex of 04/EP12_01f: kept, with the middle frame, and logged with file, row and column
+    assert notes == [f"{sheet} row 31: column ApexFrame is not a frame number: apex set to the middle frame 291"]
+    assert samples.loc[samples["clip"] == "EP12_01f", "apex_frame"].tolist() == [291]
 
 
 def _write_tree(root, rows, sheet_rows=None):
@@ -44,12 +64,6 @@ def _write_tree(root, rows, sheet_rows=None):
     sheet.to_excel(root / "CASME2-coding-20140508.xlsx", index=False)
 
 
-def _params(root, **kw):
-    base = dict(dataset="demo", root=root, annotation=None, protocol="megc2019-3class", casme2_frames="cropped",
-                detector="none", box_scale=1.3, image_size_px=32)
-    return MicroParams(**{**base, **kw})
-
-
 ROWS = [
     ("01", "EP01_01", 10, 12, 15, "12", "happiness"),
     ("01", "EP02_01", 20, 22, 24, "4", "disgust"),
@@ -60,7 +74,8 @@ ROWS = [
 
 def test_adapter_on_a_tree_in_the_casme2_layout(tmp_path):
     _write_tree(tmp_path, ROWS)
-    samples, dropped = ingest_micro(_params(tmp_path), progress=False)
+    samples, dropped, classes = ingest_micro(_params(tmp_path), progress=False)
+    assert classes == ["negative", "positive", "surprise"]
     assert samples["subject"].tolist() == ["demo/sub01", "demo/sub01", "demo/sub02"]
     assert samples["label_name"].tolist() == ["positive", "negative", "surprise"]
     assert samples[["onset_frame", "apex_frame", "offset_frame"]].iloc[0].tolist() == [10, 12, 15]
@@ -72,27 +87,42 @@ def test_missing_frame_file_is_dropped_with_its_name(tmp_path):
     _write_tree(tmp_path, ROWS)
     missing = tmp_path / "Cropped" / "sub01" / "EP02_01" / "reg_img22.jpg"
     missing.unlink()
-    samples, dropped = ingest_micro(_params(tmp_path), progress=False)
+    samples, dropped, _ = ingest_micro(_params(tmp_path), progress=False)
     assert len(samples) == 2
     assert dropped["reason"].str.contains(str(missing), regex=False).any()
 
 
 def test_missing_sheet_and_columns_are_named(tmp_path):
-    with pytest.raises(AnnotationError, match="CASME2-coding-20140508.xlsx: annotation sheet not found"):
-        load_casme2(tmp_path, None, "cropped", "megc2019-3class", "demo", NAMES)
+    with pytest.raises(AnnotationError, match="CASME2-coding-20140508.xlsx: annotation file not found"):
+        load_dataset(_params(tmp_path))
     pd.DataFrame({"Subject": ["01"], "Filename": ["EP01"]}).to_excel(tmp_path / "bad.xlsx", index=False)
     with pytest.raises(AnnotationError, match=r"missing columns \['OnsetFrame'.*found \['Subject', 'Filename'\]"):
-        read_coding_sheet(tmp_path / "bad.xlsx")
+        load_dataset(_params(tmp_path, annotation=tmp_path / "bad.xlsx"))
+    with pytest.raises(AnnotationError, match=r"missing columns \['Apex'\]"):
+        read_table(tmp_path / "bad.xlsx", ["Subject", "Apex"])
+
+
+BAD_ROWS = ROWS + [("", "EP09_01", 1, 2, 3, "12", "happiness"), ("03", "EP09_02", 9, 20, 12, "12", "happiness")]
 
 
 def test_bad_cells_name_row_and_column(tmp_path):
-    rows = ROWS + [("", "EP09_01", 1, 2, 3, "12", "happiness"), ("03", "EP09_02", 9, 20, 12, "12", "happiness")]
-    _write_tree(tmp_path, ROWS, sheet_rows=rows)
-    samples, dropped = load_casme2(tmp_path, None, "cropped", "megc2019-3class", "demo", NAMES)
+    _write_tree(tmp_path, ROWS, sheet_rows=BAD_ROWS)
+    samples, dropped, _, notes = load_dataset(_params(tmp_path))
     reasons = " | ".join(dropped["reason"])
     assert "row 6: empty Subject" in reasons
-    assert "row 7: apex 20 outside [onset 9, offset 12]" in reasons
-    assert len(samples) + len(dropped) == len(rows)
+    assert len(samples) + len(dropped) == len(BAD_ROWS)
+    fixed = samples[samples["clip"] == "EP09_02"]
+    assert fixed["apex_frame"].tolist() == [10]  # the middle of [9, 12]
+    assert notes == ["CASME2-coding-20140508.xlsx row 7: apex 20 outside [onset 9, offset 12]: "
+                     "apex set to the middle frame 10"]
+
+
+def test_apex_outside_can_drop_instead(tmp_path):
+    _write_tree(tmp_path, ROWS, sheet_rows=BAD_ROWS)
+    samples, dropped, _, notes = load_dataset(_params(tmp_path, apex_outside="drop"))
+    assert "EP09_02" not in set(samples["clip"]) and not notes
+    assert dropped["reason"].str.contains(r"row 7: apex 20 outside \[onset 9, offset 12\]: dropped").any()
+    assert len(samples) + len(dropped) == len(BAD_ROWS)
 
 
 def test_adapter_reads_the_synthesized_demo_exactly(tmp_path, raw_params):
@@ -102,7 +132,7 @@ def test_adapter_reads_the_synthesized_demo_exactly(tmp_path, raw_params):
 
     synth = SynthesizeParams(**shrink(raw_params)["synthesize"])
     truth = render_demo(synth, tmp_path / "micro", tmp_path / "macro", progress=False)
-    samples, dropped = ingest_micro(_params(tmp_path / "micro", image_size_px=48), progress=False)
+    samples, dropped, _ = ingest_micro(_params(tmp_path / "micro", image_size_px=48), progress=False)
     assert dropped.empty
     assert len(samples) == synth.n_subjects * synth.clips_per_class * 3 == len(truth)
     merged = samples.assign(subject=samples["subject"].str.removeprefix("demo/")).merge(

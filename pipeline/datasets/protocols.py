@@ -1,49 +1,66 @@
-"""Label protocols: how each dataset's emotion vocabulary maps onto the classes a study uses.
+"""Label protocols: how each dataset's emotion vocabulary maps onto the classes of a study.
 
-``megc2019-3class`` is the MEGC2019 composite protocol (negative / positive / surprise). Its CASME II mapping
-follows the MEGC2019 ground truth: negative = disgust + repression, positive = happiness, surprise = surprise;
-others, sadness and fear are outside the protocol (dropped and counted, never relabelled).
+- ``native``: the dataset's own emotions, lower-cased (``'Others'`` and ``'others'`` are one class); the
+  classes are the emotions present, sorted.
+- ``casme2-5class``: CASME II's happiness, disgust, repression, surprise, others (sadness and fear dropped), the
+  common 5-class CASME II protocol (e.g. MMNet's).
+- ``megc2019-3class``: the MEGC2019 composite protocol. CASME II: negative = disgust + repression,
+  positive = happiness, surprise = surprise; SAMM: negative = anger, contempt, disgust, fear, sadness,
+  positive = happiness, surprise = surprise; SMIC: its own negative / positive / surprise.
+
+An emotion outside a protocol maps to None: the row is dropped and counted, never relabelled. Adapters of other
+datasets add their mapping here, one entry per (protocol, source dataset).
 """
 
 from __future__ import annotations
 
-__all__ = ["PROTOCOLS", "class_names", "map_emotion"]
+from collections.abc import Iterable
 
-# protocol -> (class names in label order, {dataset -> {emotion (lower case) -> class name}})
-PROTOCOLS: dict[str, tuple[tuple[str, ...], dict[str, dict[str, str]]]] = {
-    "megc2019-3class": (
-        ("negative", "positive", "surprise"),
-        {
-            "casme2": {
-                "disgust": "negative",
-                "repression": "negative",
-                "happiness": "positive",
-                "surprise": "surprise",
-            },
-        },
-    ),
+__all__ = ["FIXED_CLASSES", "PROTOCOLS", "class_names", "map_emotion"]
+
+FIXED_CLASSES: dict[str, tuple[str, ...]] = {
+    "casme2-5class": ("happiness", "disgust", "repression", "surprise", "others"),
+    "megc2019-3class": ("negative", "positive", "surprise"),
 }
 
+# protocol -> source dataset -> {emotion (lower case) -> class name}
+PROTOCOLS: dict[str, dict[str, dict[str, str]]] = {
+    "casme2-5class": {
+        "casme2": {name: name for name in FIXED_CLASSES["casme2-5class"]},
+    },
+    "megc2019-3class": {
+        "casme2": {"disgust": "negative", "repression": "negative", "happiness": "positive",
+                   "surprise": "surprise"},
+        "samm": {"anger": "negative", "contempt": "negative", "disgust": "negative", "fear": "negative",
+                 "sadness": "negative", "happiness": "positive", "surprise": "surprise"},
+        "smic": {"negative": "negative", "positive": "positive", "surprise": "surprise"},
+    },
+}
 
-def class_names(protocol: str) -> tuple[str, ...]:
-    """Class names of ``protocol`` in label order (label ``i`` is ``class_names(protocol)[i]``)."""
-    try:
-        return PROTOCOLS[protocol][0]
-    except KeyError:
-        raise ValueError(f"unknown protocol {protocol!r}; known: {sorted(PROTOCOLS)}") from None
+for _mapping in PROTOCOLS.values():  # the demo is annotated in CASME II's vocabulary
+    _mapping["demo"] = _mapping["casme2"]
 
 
 def map_emotion(protocol: str, source_dataset: str, emotion: str) -> str | None:
-    """The class name of ``emotion`` (a ``source_dataset`` annotation) under ``protocol``, or None when the
-    emotion lies outside the protocol.
+    """The class name of ``emotion`` (as annotated in ``source_dataset``) under ``protocol``, or None when the
+    emotion lies outside it.
 
     Raises:
         ValueError: unknown protocol, or no mapping of ``source_dataset`` under it.
     """
-    names = class_names(protocol)
-    mappings = PROTOCOLS[protocol][1]
-    if source_dataset not in mappings:
-        raise ValueError(f"protocol {protocol!r} has no label mapping for dataset {source_dataset!r}")
-    mapped = mappings[source_dataset].get(emotion.strip().lower())
-    assert mapped is None or mapped in names
-    return mapped
+    key = emotion.strip().lower()
+    if protocol == "native":
+        return key or None
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; known: {sorted(PROTOCOLS) + ['native']}")
+    if source_dataset not in PROTOCOLS[protocol]:
+        raise ValueError(f"protocol {protocol!r} has no label mapping for dataset {source_dataset!r}; "
+                         f"it has {sorted(PROTOCOLS[protocol])}")
+    return PROTOCOLS[protocol][source_dataset].get(key)
+
+
+def class_names(protocol: str, present: Iterable[str] = ()) -> list[str]:
+    """Class names in label order: the protocol's fixed list, or for ``native`` the sorted names ``present``."""
+    if protocol == "native":
+        return sorted(set(present))
+    return list(FIXED_CLASSES[protocol])
