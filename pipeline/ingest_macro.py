@@ -14,14 +14,17 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 
-from pipeline.config import MacroParams
+from pipeline.config import MacroParams, MacroSource
+from pipeline.datasets.common import read_table
 from pipeline.io import encode_png
 from pipeline.video import (
     HaarFaceDetector,
     VideoDecodeError,
+    VideoInfo,
     confirm_detections,
     crop_matrix,
     iter_frames,
@@ -30,11 +33,12 @@ from pipeline.video import (
     warp_face,
 )
 
-__all__ = ["MacroVideoResult", "find_videos", "ingest_video"]
+__all__ = ["MacroVideoResult", "SourceItem", "find_videos", "ingest_video", "list_source"]
 
 log = logging.getLogger(__name__)
 
 INDEX_COLUMNS = ["video", "frame_index", "time_s", "x", "y", "w", "h", "status"]
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 
 
 @dataclass
@@ -72,40 +76,123 @@ def find_videos(folders: list[Path], suffixes: list[str]) -> list[Path]:
     return sorted(videos, key=lambda p: p.stem)
 
 
-def _failed(path: Path, status: str, reason: str) -> MacroVideoResult:
-    row = dict(video=path.stem, path=str(path), status=status, reason=reason, fps=float("nan"),
+@dataclass(frozen=True)
+class SourceItem:
+    """One video of a macro source: its id (``<source>/<name>``), where it is, and how to read it."""
+
+    video: str
+    path: Path
+    sequence_fps: float | None = None  # set for image sequences
+    start_s: float | None = None
+    end_s: float | None = None
+
+
+def list_source(name: str, source: MacroSource, suffixes: list[str]) -> list[SourceItem]:
+    """The videos of one ``macro.sources`` entry.
+
+    - ``videos`` without ``csv``: every file under ``root`` with a suffix in ``suffixes``.
+    - ``videos`` with ``csv`` (relative to root): the rows' ``file`` column (relative to root), optional
+      ``start_s`` / ``end_s`` (seconds) to keep a window. A listed file that is missing is still an item: its
+      ingestion records a ``decode_error`` naming it.
+    - ``ckplus``: each ``<root>/<subject>/<sequence>/`` folder of images is one video ``<subject>_<sequence>``.
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist. AnnotationError: the CSV is missing or lacks ``file``.
+        ValueError: a ``start_s``/``end_s`` cell is not a number (names the row and column).
+    """
+    if not source.root.is_dir():
+        raise FileNotFoundError(f"macro.sources.{name}: root {source.root} does not exist")
+    if source.kind == "ckplus":
+        folders = sorted(p for p in source.root.glob("*/*") if p.is_dir())
+        return [SourceItem(f"{name}/{f.parent.name}_{f.name}", f, sequence_fps=source.fps) for f in folders]
+    if source.csv is None:
+        return [SourceItem(f"{name}/{p.stem}", p) for p in find_videos([source.root], suffixes)]
+    table = read_table(source.root / source.csv, ["file"])
+    items = []
+    for row in table.to_dict("records"):
+        window = {}
+        for column in ("start_s", "end_s"):
+            value = row.get(column, "")
+            number = pd.to_numeric(value, errors="coerce") if value else None
+            if value and pd.isna(number):
+                raise ValueError(f"{source.root / source.csv} row {row['sheet_row']} column {column}: "
+                                 f"{value!r} is not a number of seconds")
+            window[column] = None if number is None else float(number)
+        items.append(SourceItem(f"{name}/{Path(row['file']).stem}", source.root / row["file"], **window))
+    return items
+
+
+def _failed(video: str, path: Path, status: str, reason: str) -> MacroVideoResult:
+    row = dict(video=video, path=str(path), status=status, reason=reason, fps=float("nan"),
                n_frames_native=0, n_frames=0, n_ok=0)
     return MacroVideoResult(row, pd.DataFrame(columns=INDEX_COLUMNS), pd.DataFrame())
 
 
-def ingest_video(path: Path, params: MacroParams, detector: HaarFaceDetector | None) -> MacroVideoResult:
-    """Decode, detect, smooth and crop one video (see the module docstring).
-
-    Args:
-        path: the video file.
-        params: the ``macro`` section.
-        detector: the face detector, or None when ``params.detector == 'none'`` (frames are faces already:
-            the whole frame, squared around its centre, is the crop).
-
-    Returns:
-        A :class:`MacroVideoResult`; a missing or corrupt file gives a ``decode_error`` row, not an exception.
-    """
-    try:
-        reader, info = open_video(path)
-    except VideoDecodeError as err:
-        log.warning("skipping video: %s", err)
-        return _failed(path, "decode_error", str(err))
-    step = max(1, math.ceil(info.fps / params.max_fps - 1e-6))
+def _decode_video(path: Path, max_fps: float, start_s: float | None, end_s: float | None):
+    """``(frames (N, H, W, 3) uint8 RGB, frame_index (N,), time_s (N,), fps, n_native, VideoInfo)``."""
+    reader, info = open_video(path)
+    step = max(1, math.ceil(info.fps / max_fps - 1e-6))
     indices = np.arange(0, info.n_frames, step)
     times_s = indices / info.fps
+    keep = (times_s >= (start_s or 0.0)) & (times_s <= (end_s if end_s is not None else np.inf))
+    indices, times_s = indices[keep], times_s[keep]
+    if len(indices) == 0:
+        raise VideoDecodeError(f"{path}: no frame between start_s={start_s} and end_s={end_s}")
     try:
-        decoded = np.concatenate([frames for _, frames in iter_frames(reader, indices)])
+        frames = np.concatenate([chunk for _, chunk in iter_frames(reader, indices)])
     except Exception as err:  # a stream that opens but breaks mid-way
-        log.warning("skipping video %s: decoding failed: %s", path, err)
-        return _failed(path, "decode_error", f"{path}: decoding failed mid-stream ({err})")
+        raise VideoDecodeError(f"{path}: decoding failed mid-stream ({err})") from err
+    return frames, indices, times_s, info.fps / step, info.n_frames, info
+
+
+def _decode_sequence(folder: Path, fps: float):
+    """An image sequence (e.g. CK+ ``S005/001/S005_001_00000001.png``): frames in file-name order."""
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise VideoDecodeError(f"{folder}: no image files")
+    frames = []
+    for file in files:
+        image = cv2.imread(str(file), cv2.IMREAD_COLOR)  # grey CK+ frames come back as 3 equal channels
+        if image is None:
+            raise VideoDecodeError(f"{file}: not a readable image")
+        frames.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+    if len({f.shape for f in frames}) > 1:
+        raise VideoDecodeError(f"{folder}: frames of different sizes")
+    height, width = frames[0].shape[:2]
+    indices = np.arange(len(frames))
+    info = VideoInfo(folder, len(frames), fps, width, height)
+    return np.stack(frames), indices, indices / fps, fps, len(frames), info
+
+
+def ingest_video(path: Path, params: MacroParams, detector: HaarFaceDetector | None, video: str | None = None,
+                 sequence_fps: float | None = None, start_s: float | None = None,
+                 end_s: float | None = None) -> MacroVideoResult:
+    """Decode, detect, smooth and crop one video file, or one image-sequence folder (see the module docstring).
+
+    Args:
+        path: a video file, or (with ``sequence_fps``) a folder of frame images.
+        params: the ``macro`` section.
+        detector: the face detector, or None when ``params.detector == 'none'`` (frames are faces already:
+            the centred square of the frame is the crop).
+        video: the id rows carry (default: the file stem).
+        sequence_fps: frame rate of an image sequence (its files carry none); None for video files.
+        start_s, end_s: keep only frames in this time window (seconds), e.g. from a source CSV.
+
+    Returns:
+        A :class:`MacroVideoResult`; a missing or corrupt input gives a ``decode_error`` row, not an exception.
+    """
+    video = video or path.stem
+    try:
+        if sequence_fps is not None:
+            decoded, indices, times_s, fps, n_native, info = _decode_sequence(path, sequence_fps)
+        else:
+            decoded, indices, times_s, fps, n_native, info = _decode_video(path, params.max_fps, start_s, end_s)
+    except (VideoDecodeError, OSError) as err:
+        log.warning("skipping %s: %s", video, err)
+        return _failed(video, path, "decode_error", str(err))
     boxes = _face_track(decoded, times_s, info, params, detector)
     ok = ~np.isnan(boxes).any(axis=1)
-    index = pd.DataFrame({"video": path.stem, "frame_index": indices, "time_s": times_s})
+    index = pd.DataFrame({"video": video, "frame_index": indices, "time_s": times_s})
     index[["x", "y", "w", "h"]] = boxes
     index["status"] = np.where(ok, "ok", "no_face")
     crops = [
@@ -118,8 +205,8 @@ def ingest_video(path: Path, params: MacroParams, detector: HaarFaceDetector | N
     status, reason = ("ok", "") if ok.any() else ("no_face", f"{path}: no face found in any frame")
     if not ok.any():
         log.warning("%s", reason)
-    row = dict(video=path.stem, path=str(path), status=status, reason=reason, fps=info.fps / step,
-               n_frames_native=info.n_frames, n_frames=len(indices), n_ok=int(ok.sum()))
+    row = dict(video=video, path=str(path), status=status, reason=reason, fps=fps, n_frames_native=n_native,
+               n_frames=len(indices), n_ok=int(ok.sum()))
     return MacroVideoResult(row, index, frames)
 
 

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 def load_macro_frames(macro_dir: Path, size_px: int) -> tuple[pd.DataFrame, torch.Tensor]:
-    """Read every ``frames-*.parquet`` shard of ``ingest_macro``.
+    """Read every ``<source>/frames-*.parquet`` shard that the ``ingest_macro@<source>`` stages wrote.
 
     Returns:
         ``(index, images)``: ``index`` has ``video, frame_index, time_s`` (one row per stored frame);
@@ -36,9 +36,9 @@ def load_macro_frames(macro_dir: Path, size_px: int) -> tuple[pd.DataFrame, torc
     Raises:
         FileNotFoundError: no shard in ``macro_dir``.
     """
-    shards = sorted(macro_dir.glob("frames-*.parquet"))
+    shards = sorted(macro_dir.glob("*/frames-*.parquet"))  # one folder per macro source
     if not shards:
-        raise FileNotFoundError(f"{macro_dir}: no frames-*.parquet shard; run the ingest_macro stage")
+        raise FileNotFoundError(f"{macro_dir}: no <source>/frames-*.parquet shard; run the ingest_macro stages")
     table = pd.concat([pd.read_parquet(shard) for shard in shards], ignore_index=True)
     images = images_to_tensor(table["image"].tolist(), size_px)
     return table.drop(columns=["image"]), images

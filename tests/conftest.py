@@ -55,6 +55,6 @@ def shrink(raw: dict) -> dict:
     raw["model"].update(image_size_px=48, stem_channels=8, action_channels=[8, 16, 16, 16],
                         position_channels=[8, 16, 16, 16], code_channels=4)
     raw["pretrain"].update(epochs=1, pairs_per_epoch=64, heldout_pairs=32, batch_size=16,
-                           heldout_videos=["carphone_pristine"])
+                           heldout_videos=["samples/carphone_pristine"])
     raw["finetune"].update(epochs=2, folds=[0, 1, 2], batch_size=4)
     return raw

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -85,3 +87,61 @@ def test_box_track_interpolates_and_leaves_faceless_frames_empty():
     boxes = smooth_box_track(times, key_t, key_b, window_s=0.0, max_gap_s=0.25)
     assert boxes[2, 0] == pytest.approx(2.0)  # halfway between x=0 and x=4
     assert np.isnan(boxes[7:]).all()  # nearest face is too far
+
+
+def _source(root, **kw):
+    from pipeline.config import MacroSource
+
+    return MacroSource(**{"kind": "videos", "root": root, "csv": None, "fps": None, **kw})
+
+
+def test_csv_source_keeps_a_window_and_records_missing_files(tmp_path, shared_videos, macro_params, detector):
+    from pipeline.ingest_macro import list_source
+
+    shutil.copy(shared_videos / "single_face.mp4", tmp_path / "single_face.mp4")
+    (tmp_path / "videos.csv").write_text("file,start_s,end_s\nsingle_face.mp4,0.5,1.5\ngone.mp4,,\n")
+    items = list_source("mine", _source(tmp_path, csv="videos.csv"), macro_params.video_suffixes)
+    assert [i.video for i in items] == ["mine/single_face", "mine/gone"]
+    first = ingest_video(items[0].path, macro_params, detector, video=items[0].video, start_s=0.5, end_s=1.5)
+    assert first.index["time_s"].between(0.5, 1.5).all() and len(first.index) == 31  # 30 fps, both ends kept
+    missing = ingest_video(items[1].path, macro_params, detector, video=items[1].video)
+    assert missing.video["status"] == "decode_error" and "gone.mp4" in missing.video["reason"]
+    (tmp_path / "videos.csv").write_text("file,start_s\nsingle_face.mp4,soon\n")
+    with pytest.raises(ValueError, match="row 2 column start_s: 'soon'"):
+        list_source("mine", _source(tmp_path, csv="videos.csv"), macro_params.video_suffixes)
+
+
+def test_ckplus_image_sequences(tmp_path, shared_videos, macro_params, detector):
+    import cv2
+
+    from pipeline.ingest_macro import list_source
+
+    sequence = tmp_path / "cohn-kanade-images" / "S005" / "001"
+    sequence.mkdir(parents=True)
+    capture = cv2.VideoCapture(str(shared_videos / "single_face.mp4"))
+    for n in range(1, 13):
+        ok, frame = capture.read()
+        assert ok
+        cv2.imwrite(str(sequence / f"S005_001_{n:08d}.png"), cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY))  # CK+ is grey
+    source = _source(tmp_path / "cohn-kanade-images", kind="ckplus", fps=30.0)
+    (item,) = list_source("ckplus", source, macro_params.video_suffixes)
+    assert item.video == "ckplus/S005_001" and item.sequence_fps == 30.0
+    result = ingest_video(item.path, macro_params, detector, video=item.video, sequence_fps=item.sequence_fps)
+    assert result.video["n_frames"] == 12 and result.video["n_ok"] >= 10
+    assert result.index["time_s"].iloc[-1] == pytest.approx(11 / 30)
+
+
+def test_macro_sources_must_keep_the_builtins_and_give_sequence_fps(tmp_path, raw_params):
+    import yaml
+
+    from pipeline.config import ConfigError, load_params
+
+    del raw_params["macro"]["sources"]["demo"]
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw_params))
+    with pytest.raises(ConfigError, match="built-in 'demo'"):
+        load_params(tmp_path / "p.yaml")
+    raw_params["macro"]["sources"]["demo"] = {"kind": "videos", "root": "x", "csv": None, "fps": None}
+    raw_params["macro"]["sources"]["ck"] = {"kind": "ckplus", "root": "y", "csv": None, "fps": None}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw_params))
+    with pytest.raises(ConfigError, match="macro.sources.ck: an image-sequence source needs fps"):
+        load_params(tmp_path / "p.yaml")

@@ -61,7 +61,7 @@ def test_repro_produces_metrics_for_both_inits(shrunk_project):
     assert pretrain["heldout_recon_over_copy"] > 0
     shown = _run(["dvc", "metrics", "show"], work, env).stdout
     assert "ma2mi.uf1" in shown and "scratch.uar" in shown
-    videos = (work / "data" / "macro" / "videos.parquet")
+    videos = work / "data" / "macro" / "samples" / "videos.parquet"
     assert videos.is_file() and (work / "results" / "evaluate" / "confusion.png").stat().st_size > 0
 
 
