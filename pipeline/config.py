@@ -134,7 +134,7 @@ class MicroParams(_Section):
     apex_outside: Literal["middle", "drop"]  # apex outside [onset, offset]: use the middle frame, or drop
     casme2_frames: Literal["cropped", "raw"]
     smic_labels: Literal["folders", "sheet"]  # SMIC-HS: labels from folders (HS/s1/micro/<class>/…) | HS-E sheet
-    smic_apex: Path | None  # CSV of spotted SMIC apex frames; None = the middle frame of each clip
+    smic_apex: Path | None  # CSV (subject, clip, apex_frame) of spotted SMIC apexes; None = middle frame
     detector: Literal["haar", "none"]
     box_scale: float = Field(gt=0)
     image_size_px: int = Field(ge=16)

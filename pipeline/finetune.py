@@ -32,7 +32,7 @@ class MicroTensors:
     def __init__(self, samples: pd.DataFrame, size_px: int):
         self.onset = images_to_tensor(samples["onset_image"].tolist(), size_px)
         self.apex = images_to_tensor(samples["apex_image"].tolist(), size_px)
-        self.label = torch.as_tensor(samples["label"].to_numpy(), dtype=torch.int64)
+        self.label = torch.tensor(samples["label"].to_numpy(), dtype=torch.int64)  # a copy: pandas arrays are read-only
 
     def batches(self, rows: np.ndarray, batch_size: int, generator: torch.Generator | None,
                 augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Iterator[Batch]:

@@ -77,7 +77,7 @@ def read_table(path: Path, required: list[str], **read_kwargs) -> pd.DataFrame:
         if path.suffix.lower() == ".csv":
             table = pd.read_csv(path, dtype=str, keep_default_na=False, **read_kwargs)
         else:
-            table = pd.read_excel(path, dtype=str, **read_kwargs)
+            table = pd.read_excel(path, dtype=str, keep_default_na=False, **read_kwargs)  # "n/a" stays text
     except Exception as err:
         raise AnnotationError(f"{path}: cannot be read ({type(err).__name__}: {err})") from err
     missing = [c for c in required if c not in table.columns]

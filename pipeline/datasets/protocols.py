@@ -6,7 +6,9 @@
   common 5-class CASME II protocol (e.g. MMNet's).
 - ``megc2019-3class``: the MEGC2019 composite protocol. CASME II: negative = disgust + repression,
   positive = happiness, surprise = surprise; SAMM: negative = anger, contempt, disgust, fear, sadness,
-  positive = happiness, surprise = surprise; SMIC: its own negative / positive / surprise.
+  positive = happiness, surprise = surprise; SMIC: its own negative / positive / surprise. CAS(ME)^3 (not in
+  MEGC2019; the grouping of ``label_for_3`` in HTNet's ``cas(me)3_part_A_edited.csv``, SAMM's rule applied to
+  CAS(ME)^3's words): negative = anger, disgust, fear, sad, positive = happy, surprise = surprise (others dropped).
 
 An emotion outside a protocol maps to None: the row is dropped and counted, never relabelled. Adapters of other
 datasets add their mapping here, one entry per (protocol, source dataset).
@@ -34,6 +36,8 @@ PROTOCOLS: dict[str, dict[str, dict[str, str]]] = {
         "samm": {"anger": "negative", "contempt": "negative", "disgust": "negative", "fear": "negative",
                  "sadness": "negative", "happiness": "positive", "surprise": "surprise"},
         "smic": {"negative": "negative", "positive": "positive", "surprise": "surprise"},
+        "casme3": {"anger": "negative", "disgust": "negative", "fear": "negative", "sad": "negative",
+                   "happy": "positive", "surprise": "surprise"},
     },
 }
 

@@ -1,0 +1,83 @@
+"""SAMM adapter: the FACS coding sheet and the on-disk layout (Davison et al., IEEE TAC 2018).
+
+Layout (frame number ``N`` is the one the sheet's ``Onset Frame`` / ``Apex Frame`` / ``Offset Frame`` use, written
+with five digits)::
+
+    <root>/SAMM/006/006_1_2/006_05562.jpg        (<subject>/<clip>/<subject>_<frame:05d>.jpg)
+    <root>/SAMM_Micro_FACS_Codes_v2.xlsx         (the standard coding sheet)
+
+The sheet: sheet ``MICRO_ONLY``, 13 preamble rows above the header (``skiprows=13``, so the header is spreadsheet
+row 14), columns ``Subject, Filename, Inducement Code, Onset Frame, Apex Frame, Offset Frame, Duration, Micro,
+Action Units, Estimated Emotion, Objective Classes, Notes``; 159 rows, 29 subjects stored as text (``'006'``);
+emotions capitalised (``Anger``, ``Other``…: protocols lower-case them). Real pitfalls: ``028_4_1`` has apex 1143
+after its offset 1134 and ``032_3_1`` apex 1930 before its onset 4896; they are returned as parsed and go through
+the apex policy (``micro.apex_outside``) in :func:`~pipeline.datasets.common.finalize`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.config import MicroParams
+from pipeline.datasets.common import Annotations, read_table
+from pipeline.datasets.rows import split_rows
+
+__all__ = ["SHEET", "SKIPROWS", "STANDARD_ANNOTATION", "frame_path", "read", "read_sheet"]
+
+STANDARD_ANNOTATION = "SAMM_Micro_FACS_Codes_v2.xlsx"
+SHEET = "MICRO_ONLY"
+SKIPROWS = 13  # preamble rows above the header
+COLUMNS = {  # our name -> sheet column
+    "subject": "Subject",
+    "clip": "Filename",
+    "onset_frame": "Onset Frame",
+    "apex_frame": "Apex Frame",
+    "offset_frame": "Offset Frame",
+    "action_units": "Action Units",
+    "emotion": "Estimated Emotion",
+}
+
+
+def frame_path(root: Path, subject: str, clip: str, frame: int) -> Path:
+    """Path of frame ``frame`` of ``clip`` of ``subject`` (``'006'`` or ``'6'``) under ``root``.
+
+    >>> frame_path(Path("samm"), "6", "006_1_2", 5562).as_posix()
+    'samm/SAMM/006/006_1_2/006_05562.jpg'
+    """
+    subject = f"{int(subject):03d}"
+    return root / "SAMM" / subject / clip / f"{subject}_{frame:05d}.jpg"
+
+
+def read_sheet(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Parse a SAMM coding sheet into ``(rows, dropped)`` (see :class:`~pipeline.datasets.common.Annotations`).
+
+    Returns:
+        ``rows`` with ``subject`` as three digits (``'006'``), frames as int (``apex_frame`` None where its cell
+        is not a frame number); ``dropped``: rows with an empty or non-numeric subject, an empty clip, or an
+        onset / offset cell that is not a frame number, each with a reason naming file, row and column.
+
+    Raises:
+        AnnotationError: missing file, missing sheet ``MICRO_ONLY``, or missing columns (named, with the found
+            ones).
+    """
+    sheet = read_table(path, list(COLUMNS.values()), sheet_name=SHEET, skiprows=SKIPROWS)
+    rows, dropped = split_rows(sheet, path.name, "samm", COLUMNS)
+    rows["subject"] = rows["subject"].map(lambda s: f"{int(s):03d}")
+    dropped["subject"] = dropped["subject"].map(lambda s: f"{int(s):03d}" if s.isdigit() else s)
+    return rows, dropped
+
+
+def read(params: MicroParams) -> list[Annotations]:
+    """The SAMM annotations under ``params.root`` (``params.annotation`` or the standard sheet); subject ids
+    stay as the sheet writes them (``'006'``; :func:`~pipeline.datasets.common.finalize` makes them
+    ``samm/006``).
+
+    Raises:
+        AnnotationError: see :func:`read_sheet`.
+    """
+    path = params.annotation if params.annotation is not None else params.root / STANDARD_ANNOTATION
+    rows, dropped = read_sheet(path)
+    return [Annotations(source="samm", rows=rows, dropped=dropped, where=path.name, apex_column=COLUMNS["apex_frame"],
+                        frame_path=lambda subject, clip, frame: frame_path(params.root, subject, clip, frame))]
