@@ -52,6 +52,8 @@ def test_repro_produces_metrics_for_both_inits(shrunk_project):
     metrics = json.loads((work / "results" / "evaluate" / "metrics.json").read_text())
     samples = json.loads((work / "data" / "micro" / "summary.json").read_text())
     assert samples["samples"] == 9 and samples["subjects"] == 3
+    assert samples["classes"] == ["negative", "positive", "surprise"]
+    assert "## Per subject and class" in (work / "data" / "micro" / "summary.md").read_text()
     for init in ("ma2mi", "scratch"):
         assert set(metrics[init]) >= {"accuracy", "uf1", "uar", "n"}
         assert metrics[init]["n"] == 9  # pooled over every LOSO fold, each sample once
