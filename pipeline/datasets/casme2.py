@@ -20,19 +20,20 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.config import MicroParams
-from pipeline.datasets.common import DROPPED_COLUMNS, Annotations, parse_frame, read_table
+from pipeline.datasets.common import Annotations, read_table
+from pipeline.datasets.rows import split_rows
 
 __all__ = ["STANDARD_ANNOTATION", "frame_path", "read", "read_sheet"]
 
 STANDARD_ANNOTATION = "CASME2-coding-20140508.xlsx"
-COLUMNS = {  # sheet column -> our name
-    "Subject": "subject",
-    "Filename": "clip",
-    "OnsetFrame": "onset_frame",
-    "ApexFrame": "apex_frame",
-    "OffsetFrame": "offset_frame",
-    "Action Units": "action_units",
-    "Estimated Emotion": "emotion",
+COLUMNS = {  # our name -> sheet column
+    "subject": "Subject",
+    "clip": "Filename",
+    "onset_frame": "OnsetFrame",
+    "apex_frame": "ApexFrame",
+    "offset_frame": "OffsetFrame",
+    "action_units": "Action Units",
+    "emotion": "Estimated Emotion",
 }
 LAYOUTS = {"raw": ("CASME2_RAW_selected", "img{frame}.jpg"), "cropped": ("Cropped", "reg_img{frame}.jpg")}
 
@@ -44,34 +45,17 @@ def frame_path(root: Path, subject: str, clip: str, frame: int, frames: str) -> 
 
 
 def read_sheet(path: Path, source: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Parse a CASME II coding sheet into ``(rows, dropped)`` (see :class:`~pipeline.datasets.common.Annotations`);
-    ``subject`` becomes two digits (``'01'``).
+    """Parse a CASME II coding sheet into ``(rows, dropped)`` (see :class:`~pipeline.datasets.common.Annotations`
+    and :func:`~pipeline.datasets.rows.split_rows`); ``subject`` becomes ``'sub01'``.
+
+    Rows dropped with the reason (row and column named): empty or non-numeric ``Subject``, empty ``Filename``,
+    ``OnsetFrame`` / ``OffsetFrame`` not a frame number, ``OffsetFrame`` before ``OnsetFrame``.
 
     Raises:
         AnnotationError: missing file or columns.
     """
-    sheet = read_table(path, list(COLUMNS), sheet_name=0).rename(columns=COLUMNS)
-    rows, dropped = [], []
-    for row in sheet.itertuples(index=False):
-        where = f"{path.name} row {row.sheet_row}"
-        reason = ""
-        if not row.subject.isdigit():
-            reason = f"{where} column Subject: {row.subject!r} is not a subject number" if row.subject else \
-                f"{where}: empty Subject"
-        elif not row.clip:
-            reason = f"{where}: empty Filename"
-        frames = {}
-        for ours, theirs in [("onset_frame", "OnsetFrame"), ("offset_frame", "OffsetFrame")]:
-            if not reason:
-                frames[ours], reason = parse_frame(getattr(row, ours), where, theirs)
-        frames["apex_frame"], _ = parse_frame(row.apex_frame, where, "ApexFrame")  # None: apex policy decides
-        if reason:
-            dropped.append(dict(source_dataset=source, sheet_row=row.sheet_row, subject=row.subject, clip=row.clip,
-                                reason=reason))
-            continue
-        rows.append(dict(sheet_row=row.sheet_row, subject=f"{int(row.subject):02d}", clip=row.clip, **frames,
-                         action_units=row.action_units, emotion=row.emotion))
-    return pd.DataFrame(rows), pd.DataFrame(dropped, columns=DROPPED_COLUMNS)
+    sheet = read_table(path, list(COLUMNS.values()), sheet_name=0)
+    return split_rows(sheet, path.name, source, COLUMNS, subject_format="sub{:02d}")
 
 
 def read(params: MicroParams) -> list[Annotations]:
@@ -79,10 +63,8 @@ def read(params: MicroParams) -> list[Annotations]:
     path = params.annotation if params.annotation is not None else params.root / STANDARD_ANNOTATION
     source = "demo" if params.dataset == "demo" else "casme2"
     rows, dropped = read_sheet(path, source)
-    rows["subject"] = "sub" + rows["subject"]
-    dropped["subject"] = [f"sub{int(s):02d}" if s.isdigit() else s for s in dropped["subject"]]
     return [Annotations(
-        source=source, rows=rows, dropped=dropped, where=path.name, apex_column="ApexFrame",
+        source=source, rows=rows, dropped=dropped, where=path.name, apex_column=COLUMNS["apex_frame"],
         frame_path=lambda subject, clip, frame: frame_path(params.root, subject.removeprefix("sub"), clip, frame,
                                                            params.casme2_frames),
     )]

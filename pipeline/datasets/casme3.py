@@ -25,28 +25,28 @@ no public on-disk layout) is not read.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pandas as pd
 
 from pipeline.config import MicroParams
-from pipeline.datasets.common import ANNOTATION_COLUMNS, DROPPED_COLUMNS, Annotations, parse_frame, read_table
+from pipeline.datasets.common import Annotations, read_table
+from pipeline.datasets.rows import split_rows
 
 __all__ = ["STANDARD_ANNOTATION", "frame_path", "read", "read_sheet"]
 
 STANDARD_ANNOTATION = "cas(me)3_part_A_ME_label_JpgIndex_v2.xlsx"
 SHEET = "label"
-COLUMNS = {  # sheet column -> our name
-    "Subject": "subject",
-    "Filename": "clip",
-    "Onset": "onset_frame",
-    "Apex": "apex_frame",
-    "Offset": "offset_frame",
-    "AU": "action_units",
+COLUMNS = {  # our name -> sheet column
+    "subject": "Subject",
+    "clip": "Filename",
+    "onset_frame": "Onset",
+    "apex_frame": "Apex",
+    "offset_frame": "Offset",
+    "action_units": "AU",
     "emotion": "emotion",
 }
-SUBJECT = re.compile(r"spNO\.\d+")
+SUBJECT = (r"spNO\.\d+", "spNO.1")  # a subject id: regex, example
 
 
 def frame_path(root: Path, subject: str, clip: str, frame: int) -> Path:
@@ -54,29 +54,10 @@ def frame_path(root: Path, subject: str, clip: str, frame: int) -> Path:
     return root / subject / clip / "color" / f"{frame}.jpg"
 
 
-def _parse_row(row, where: str) -> tuple[dict, str]:
-    """``(frames, '')`` for a usable row, else ``(partial frames, reason)`` naming the row and the column."""
-    if not row.subject:
-        return {}, f"{where}: empty Subject"
-    if not SUBJECT.fullmatch(row.subject):
-        return {}, f"{where} column Subject: {row.subject!r} is not a subject id like 'spNO.1'"
-    if not row.clip:
-        return {}, f"{where}: empty Filename"
-    frames = {}
-    for ours, theirs in [("onset_frame", "Onset"), ("offset_frame", "Offset")]:
-        frames[ours], reason = parse_frame(getattr(row, ours), where, theirs)
-        if reason:
-            return frames, reason
-    if frames["offset_frame"] < frames["onset_frame"]:
-        return frames, (f"{where}: Offset {frames['offset_frame']} is before Onset {frames['onset_frame']} "
-                        f"(not an interval)")
-    frames["apex_frame"], _ = parse_frame(row.apex_frame, where, "Apex")  # None: the apex policy decides
-    return frames, ""
-
-
 def read_sheet(path: Path, source: str = "casme3") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Parse the CAS(ME)^3 part A label sheet (worksheet ``label``) into ``(rows, dropped)`` (see
-    :class:`~pipeline.datasets.common.Annotations`); ``subject`` stays as written (``'spNO.1'``).
+    :class:`~pipeline.datasets.common.Annotations` and :func:`~pipeline.datasets.rows.split_rows`); ``subject``
+    stays as written (``'spNO.1'``).
 
     Rows dropped with the reason (row and column named): empty or malformed ``Subject``, empty ``Filename``,
     ``Onset`` / ``Offset`` not a frame number, ``Offset`` before ``Onset``.
@@ -85,18 +66,8 @@ def read_sheet(path: Path, source: str = "casme3") -> tuple[pd.DataFrame, pd.Dat
         AnnotationError: missing file, missing worksheet ``label`` or missing columns (names the missing and the
             found ones).
     """
-    sheet = read_table(path, list(COLUMNS), sheet_name=SHEET).rename(columns=COLUMNS)
-    rows, dropped = [], []
-    for row in sheet.itertuples(index=False):
-        where = f"{path.name} row {row.sheet_row}"
-        frames, reason = _parse_row(row, where)
-        if reason:
-            dropped.append(dict(source_dataset=source, sheet_row=row.sheet_row, subject=row.subject, clip=row.clip,
-                                reason=reason))
-            continue
-        rows.append(dict(sheet_row=row.sheet_row, subject=row.subject, clip=row.clip, **frames,
-                         action_units=row.action_units, emotion=row.emotion))
-    return pd.DataFrame(rows, columns=ANNOTATION_COLUMNS), pd.DataFrame(dropped, columns=DROPPED_COLUMNS)
+    sheet = read_table(path, list(COLUMNS.values()), sheet_name=SHEET)
+    return split_rows(sheet, path.name, source, COLUMNS, subject_id=SUBJECT, interval_note=" (not an interval)")
 
 
 def read(params: MicroParams) -> list[Annotations]:
@@ -108,5 +79,6 @@ def read(params: MicroParams) -> list[Annotations]:
     """
     path = params.annotation if params.annotation is not None else params.root / STANDARD_ANNOTATION
     rows, dropped = read_sheet(path)
-    return [Annotations(source="casme3", rows=rows, dropped=dropped, where=path.name, apex_column="Apex",
+    return [Annotations(source="casme3", rows=rows, dropped=dropped, where=path.name,
+                        apex_column=COLUMNS["apex_frame"],
                         frame_path=lambda subject, clip, frame: frame_path(params.root, subject, clip, frame))]

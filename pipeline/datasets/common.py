@@ -1,9 +1,10 @@
-"""What every micro-expression adapter shares: cell parsing, the apex policy, the label protocol, subject ids.
+"""What every micro-expression adapter shares: reading a sheet, the apex policy, the label protocol, subject ids.
 
 An adapter (one module per dataset, registered in :mod:`pipeline.datasets`) only knows its sheet and its on-disk
 layout. It returns an :class:`Annotations`: one row per annotation row with the columns of
 :data:`ANNOTATION_COLUMNS` (frames already parsed to int), the rows it could not parse (with the reason), and a
-function giving the path of frame ``n`` of a clip. :func:`finalize` turns that into samples.
+function giving the path of frame ``n`` of a clip. :func:`finalize` turns that into samples. Checking and parsing
+a sheet's rows is :func:`pipeline.datasets.rows.split_rows`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ __all__ = [
     "Annotations",
     "SAMPLE_COLUMNS",
     "finalize",
-    "parse_frame",
     "read_table",
 ]
 
@@ -87,15 +87,6 @@ def read_table(path: Path, required: list[str], **read_kwargs) -> pd.DataFrame:
     header_row = 1 + int(read_kwargs.get("skiprows", 0) or 0)
     table.insert(0, "sheet_row", table.index.to_numpy() + header_row + 1)
     return table
-
-
-def parse_frame(value: str, where: str, column: str) -> tuple[int | None, str]:
-    """``(frame, '')`` for a cell holding a whole number (``'46'``, ``'46.0'``), else ``(None, reason)`` naming
-    ``where`` (file and row) and ``column``."""
-    number = pd.to_numeric(value, errors="coerce")
-    if pd.isna(number) or number != int(number) or number < 0:
-        return None, f"{where} column {column}: {value!r} is not a frame number"
-    return int(number), ""
 
 
 def _apex_policy(rows: pd.DataFrame, policy: str, apex_column: str) -> tuple[pd.DataFrame, list[dict]]:

@@ -24,19 +24,20 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.config import MicroParams
-from pipeline.datasets.common import ANNOTATION_COLUMNS, DROPPED_COLUMNS, Annotations, parse_frame, read_table
+from pipeline.datasets.common import DROPPED_COLUMNS, Annotations, read_table
+from pipeline.datasets.rows import first_reason, split_rows
 
 __all__ = ["STANDARD_ANNOTATION", "frame_path", "read", "read_sheet"]
 
 STANDARD_ANNOTATION = "MMEW_Micro_Exp_delete_others.csv"
-COLUMNS = {  # sheet column -> our name
-    "Subject": "subject",
-    "Filename": "clip",
-    "OnsetFrame": "onset_frame",
-    "ApexFrame": "apex_frame",
-    "OffsetFrame": "offset_frame",
-    "Action Units": "action_units",
-    "Estimated Emotion": "emotion",
+COLUMNS = {  # our name -> sheet column
+    "subject": "Subject",
+    "clip": "Filename",
+    "onset_frame": "OnsetFrame",
+    "apex_frame": "ApexFrame",
+    "offset_frame": "OffsetFrame",
+    "action_units": "Action Units",
+    "emotion": "Estimated Emotion",
 }
 
 
@@ -46,54 +47,46 @@ def frame_path(root: Path, emotion: str, clip: str, frame: int) -> Path:
     return root / "Micro_Expression" / emotion / clip / f"{frame}.jpg"
 
 
-def _parse_row(row, where: str) -> tuple[dict, str]:
-    """``(frames, '')`` for a usable row, else ``(partial frames, reason)`` naming the row and the column."""
-    if not row.subject:
-        return {}, f"{where}: empty Subject"
-    if not row.subject.isdigit():
-        return {}, f"{where} column Subject: {row.subject!r} is not a subject number"
-    if not row.clip.startswith(f"S{int(row.subject):02d}-"):
-        return {}, f"{where} column Filename: {row.clip!r} is not a clip of subject {row.subject}"
-    if not row.emotion:
-        return {}, f"{where}: empty Estimated Emotion (it names the frame folder)"
-    frames = {}
-    for ours, theirs in [("onset_frame", "OnsetFrame"), ("offset_frame", "OffsetFrame")]:
-        frames[ours], reason = parse_frame(getattr(row, ours), where, theirs)
-        if reason:
-            return frames, reason
-    if frames["offset_frame"] < frames["onset_frame"]:
-        return frames, (f"{where}: OffsetFrame {frames['offset_frame']} is before OnsetFrame "
-                        f"{frames['onset_frame']} (not an interval)")
-    frames["apex_frame"], _ = parse_frame(row.apex_frame, where, "ApexFrame")  # None: the apex policy decides
-    return frames, ""
+def _mmew_reasons(rows: pd.DataFrame, file_name: str) -> pd.Series:
+    """Per row kept by :func:`~pipeline.datasets.rows.split_rows` (``subject`` already ``'S01'``), why MMEW
+    cannot use it, else ``''``: a ``Filename`` not of that subject, an empty ``Estimated Emotion``, or, for a row
+    passing those, a ``Filename`` an earlier such row annotated with another emotion."""
+    where = file_name + " row " + rows["sheet_row"].astype(str)
+    own_clip = pd.Series([c.startswith(s + "-") for c, s in zip(rows["clip"], rows["subject"])], index=rows.index,
+                         dtype=bool)
+    reason = first_reason([
+        (~own_clip, where + " column Filename: " + rows["clip"].map(repr) + " is not a clip of subject "
+         + rows["subject"].str[1:].map(lambda n: str(int(n)))),
+        (rows["emotion"] == "", where + ": empty Estimated Emotion (it names the frame folder)"),
+    ])
+    first = rows["emotion"].where(reason == "").groupby(rows["clip"]).transform("first")
+    return reason.mask((reason == "") & (rows["emotion"] != first), where + ": Filename " + rows["clip"].map(repr)
+                       + " also annotated " + first.map(repr) + " in another row")
 
 
 def read_sheet(path: Path, source: str = "mmew") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Parse an MMEW sheet (``.csv`` or first worksheet of an ``.xlsx``) into ``(rows, dropped)`` (see
-    :class:`~pipeline.datasets.common.Annotations`); ``subject`` becomes ``'S01'``.
+    :class:`~pipeline.datasets.common.Annotations` and :func:`~pipeline.datasets.rows.split_rows`); ``subject``
+    becomes ``'S01'``.
 
-    Rows dropped with the reason (row and column named): empty or non-numeric ``Subject``, a ``Filename`` not of
-    that subject, empty ``Estimated Emotion``, a frame that is not a number, ``OffsetFrame`` before ``OnsetFrame``,
-    a ``Filename`` already seen under another emotion (its frame folder would be ambiguous).
+    Rows dropped (in sheet order) with the first reason found, row and column named: empty or non-numeric
+    ``Subject``, empty ``Filename``, a frame that is not a number, ``OffsetFrame`` before ``OnsetFrame``; then
+    MMEW's own checks: a ``Filename`` not of that subject, empty ``Estimated Emotion``, a ``Filename`` already
+    seen under another emotion (its frame folder would be ambiguous).
 
     Raises:
         AnnotationError: missing file or missing columns (names the missing and the found ones).
     """
     read_kwargs = {} if path.suffix.lower() == ".csv" else {"sheet_name": 0}
-    sheet = read_table(path, list(COLUMNS), **read_kwargs).rename(columns=COLUMNS)
-    rows, dropped, emotion_of = [], [], {}
-    for row in sheet.itertuples(index=False):
-        where = f"{path.name} row {row.sheet_row}"
-        frames, reason = _parse_row(row, where)
-        if not reason and emotion_of.setdefault(row.clip, row.emotion) != row.emotion:
-            reason = f"{where}: Filename {row.clip!r} also annotated {emotion_of[row.clip]!r} in another row"
-        if reason:
-            dropped.append(dict(source_dataset=source, sheet_row=row.sheet_row, subject=row.subject, clip=row.clip,
-                                reason=reason))
-            continue
-        rows.append(dict(sheet_row=row.sheet_row, subject=f"S{int(row.subject):02d}", clip=row.clip, **frames,
-                         action_units=row.action_units, emotion=row.emotion))
-    return pd.DataFrame(rows, columns=ANNOTATION_COLUMNS), pd.DataFrame(dropped, columns=DROPPED_COLUMNS)
+    sheet = read_table(path, list(COLUMNS.values()), **read_kwargs)
+    rows, dropped = split_rows(sheet, path.name, source, COLUMNS, subject_format="S{:02d}",
+                               interval_note=" (not an interval)")
+    reason = _mmew_reasons(rows, path.name)
+    bad = reason != ""
+    if bad.any():
+        more = rows[bad].assign(source_dataset=source, reason=reason[bad])[DROPPED_COLUMNS]
+        dropped = pd.concat([dropped, more]).sort_values("sheet_row", kind="stable").reset_index(drop=True)
+    return rows[~bad].reset_index(drop=True), dropped
 
 
 def read(params: MicroParams) -> list[Annotations]:
@@ -106,6 +99,6 @@ def read(params: MicroParams) -> list[Annotations]:
     path = params.annotation if params.annotation is not None else params.root / STANDARD_ANNOTATION
     rows, dropped = read_sheet(path)
     emotion_of = dict(zip(rows["clip"], rows["emotion"], strict=True))  # one emotion per clip (read_sheet)
-    return [Annotations(source="mmew", rows=rows, dropped=dropped, where=path.name, apex_column="ApexFrame",
+    return [Annotations(source="mmew", rows=rows, dropped=dropped, where=path.name, apex_column=COLUMNS["apex_frame"],
                         frame_path=lambda subject, clip, frame: frame_path(params.root, emotion_of[clip], clip,
                                                                            frame))]

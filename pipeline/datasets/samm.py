@@ -55,18 +55,16 @@ def read_sheet(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
     Returns:
         ``rows`` with ``subject`` as three digits (``'006'``), frames as int (``apex_frame`` None where its cell
-        is not a frame number); ``dropped``: rows with an empty or non-numeric subject, an empty clip, or an
-        onset / offset cell that is not a frame number, each with a reason naming file, row and column.
+        is not a frame number); ``dropped``: rows with an empty or non-numeric subject, an empty clip, an
+        onset / offset cell that is not a frame number, or an offset before the onset, each with a reason naming
+        file, row and column.
 
     Raises:
         AnnotationError: missing file, missing sheet ``MICRO_ONLY``, or missing columns (named, with the found
             ones).
     """
     sheet = read_table(path, list(COLUMNS.values()), sheet_name=SHEET, skiprows=SKIPROWS)
-    rows, dropped = split_rows(sheet, path.name, "samm", COLUMNS)
-    rows["subject"] = rows["subject"].map(lambda s: f"{int(s):03d}")
-    dropped["subject"] = dropped["subject"].map(lambda s: f"{int(s):03d}" if s.isdigit() else s)
-    return rows, dropped
+    return split_rows(sheet, path.name, "samm", COLUMNS, subject_format="{:03d}")
 
 
 def read(params: MicroParams) -> list[Annotations]:

@@ -144,9 +144,8 @@ def read_sheet(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         AnnotationError: missing file, no sheet ``HS``, or missing columns (named, with the found ones).
     """
     sheet = read_table(path, list(COLUMNS.values()), sheet_name=SHEET)
-    rows, dropped = split_rows(sheet, path.name, "smic", COLUMNS)
-    rows["subject"] = "s" + rows["subject"]
-    dropped["subject"] = dropped["subject"].map(canonical_subject)
+    rows, dropped = split_rows(sheet, path.name, "smic", COLUMNS, subject_format="s{}")
+    dropped["subject"] = dropped["subject"].map(canonical_subject)  # also an invalid 's01' -> 's1'
     rows["apex_frame"] = (rows["onset_frame"] + rows["offset_frame"]) // 2
     extra = [c for c in ("Onset2F", "Onset3F") if c in sheet]
     if extra:
