@@ -16,6 +16,7 @@ import torch
 from timm.layers import ConvNormAct
 from torch import nn
 
+from pipeline.models.checkpoint import check_state_fits
 from pipeline.models.layers import CABlock, init_weights
 
 __all__ = [
@@ -154,18 +155,6 @@ def load_encoder_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor])
         ValueError: a key is missing, unexpected (including any key outside the two branches) or has a
             different shape; the message lists every offending key.
     """
-    own = encoder_state_dict(model)
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = [
-        f"{k}: {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in sorted(set(own) & set(state))
-        if state[k].shape != own[k].shape
-    ]
-    if missing or unexpected or mismatched:
-        raise ValueError(
-            "encoder state does not fit this model: "
-            f"missing {missing or 'none'}; unexpected {unexpected or 'none'}; shape mismatch {mismatched or 'none'}"
-        )
+    check_state_fits(encoder_state_dict(model), state, "encoder state")
     result = model.load_state_dict(dict(state), strict=False)  # strict=False: the head / decoder keys stay
     assert not result.unexpected_keys, result.unexpected_keys  # checked above

@@ -25,6 +25,7 @@ from torch import nn
 
 from pipeline.config import ModelParams
 from pipeline.models.branches import check_frames
+from pipeline.models.checkpoint import check_state_fits
 
 __all__ = ["ResNetDiff", "load_backbone_checkpoint"]
 
@@ -54,17 +55,7 @@ def load_backbone_checkpoint(backbone: nn.Module, path: str | Path) -> None:
     state = {k.removeprefix("module."): v for k, v in state.items()}  # DataParallel prefix
     state = {k: v for k, v in state.items() if not k.startswith(CLASSIFIER_PREFIX)}
     own = {k: v for k, v in backbone.state_dict().items() if not k.startswith(CLASSIFIER_PREFIX)}
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    mismatched = [
-        f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-        for k in sorted(set(own) & set(state))
-        if state[k].shape != own[k].shape
-    ]
-    if missing or unexpected or mismatched:
-        raise ValueError(
-            f"{path} does not fit a timm {ARCH}: missing {missing or 'none'}; unexpected {unexpected or 'none'}; "
-            f"shape mismatch {mismatched or 'none'}"
-        )
+    check_state_fits(own, state, f"{path} (a timm {ARCH} checkpoint)")
     backbone.load_state_dict(state, strict=False)  # strict=False: the fresh classifier stays
 
 
