@@ -58,6 +58,7 @@ class PathsParams(_Section):
     pretrain_dir: Path  # encoder checkpoint + reconstruction metrics
     finetune_dir: Path  # per-init, per-fold predictions and checkpoints
     evaluate_dir: Path  # metrics.json, plots, tables
+    checkpoint_dir: Path  # resumable training state; outside DVC outputs (which DVC deletes before a rerun)
 
 
 class WheelSpec(_Section):
@@ -175,6 +176,7 @@ class PretrainParams(_Section):
 class FinetuneParams(_Section):
     seed: int
     device: Device
+    deterministic: bool  # torch.use_deterministic_algorithms (bitwise-repeatable, can be slower on GPU)
     inits: list[Literal["ma2mi", "scratch"]] = Field(min_length=1)
     folds: list[int] = Field(min_length=1)  # LOSO fold index into the sorted subject list
     epochs: int = Field(ge=1)

@@ -21,7 +21,16 @@ from tqdm.auto import tqdm
 
 from pipeline.io import atomic_path
 
-__all__ = ["evaluate", "resolve_device", "save_checkpoint", "seed_everything", "train_one_epoch"]
+__all__ = [
+    "evaluate",
+    "resolve_device",
+    "resume_training_state",
+    "save_checkpoint",
+    "save_training_state",
+    "seed_everything",
+    "set_deterministic",
+    "train_one_epoch",
+]
 
 log = logging.getLogger(__name__)
 
@@ -115,3 +124,53 @@ def save_checkpoint(path: str | Path, **state: Any) -> None:
     """``torch.save(state)`` to ``path`` atomically (temporary file, then rename)."""
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+
+
+def set_deterministic(enabled: bool) -> None:
+    """Ask torch for deterministic kernels (``torch.use_deterministic_algorithms``; cuDNN autotuning off).
+    Some CUDA ops then need ``CUBLAS_WORKSPACE_CONFIG=:4096:8``, which is set when absent."""
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(enabled)
+    torch.backends.cudnn.benchmark = not enabled
+
+
+def save_training_state(path: Path, fingerprint: str, epoch: int, model: nn.Module,
+                        optimizer: torch.optim.Optimizer, scheduler: Any, generator: torch.Generator,
+                        history: list[dict[str, float]]) -> None:
+    """Everything a killed run needs to continue exactly: weights, optimizer, scheduler, the finished ``epoch``
+    (0-based), every RNG (Python, NumPy, torch CPU and CUDA, the batch ``generator``) and the per-epoch
+    ``history``; written atomically. ``fingerprint`` identifies the configuration it belongs to."""
+    save_checkpoint(
+        path, fingerprint=fingerprint, epoch=epoch, model=model.state_dict(), optimizer=optimizer.state_dict(),
+        scheduler=scheduler.state_dict(), generator=generator.get_state(), history=history,
+        rng={"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+    )
+
+
+def resume_training_state(path: Path, fingerprint: str, model: nn.Module, optimizer: torch.optim.Optimizer,
+                          scheduler: Any, generator: torch.Generator) -> tuple[int, list[dict[str, float]]]:
+    """Restore a :func:`save_training_state` file if it exists and matches ``fingerprint``.
+
+    Returns:
+        ``(first_epoch, history)``: the epoch to run next (0 when there is nothing to resume) and the finished
+        epochs' metrics. A state of another configuration is ignored (and logged), never mixed in.
+    """
+    if not path.is_file():
+        return 0, []
+    state = torch.load(path, map_location="cpu", weights_only=False)  # our own file: RNG states are pickled
+    if state["fingerprint"] != fingerprint:
+        log.warning("%s belongs to another configuration; starting from epoch 1", path)
+        return 0, []
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    generator.set_state(state["generator"])
+    random.setstate(state["rng"]["python"])
+    np.random.set_state(state["rng"]["numpy"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if state["rng"]["cuda"]:
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    log.info("resuming from %s after epoch %d", path, state["epoch"] + 1)
+    return state["epoch"] + 1, list(state["history"])

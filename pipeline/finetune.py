@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,7 +18,7 @@ from torch import nn
 
 from pipeline.config import FinetuneParams, ModelParams
 from pipeline.data import images_to_tensor, iterate_batches, normalise, pair_augmentation
-from pipeline.engine import Batch, train_one_epoch
+from pipeline.engine import Batch, resume_training_state, save_training_state, train_one_epoch
 from pipeline.loso import LosoFold
 from pipeline.models import create_model
 
@@ -59,13 +60,17 @@ def _param_groups(model: nn.Module, params: FinetuneParams, pretrained: bool) ->
 
 def finetune_fold(data: MicroTensors, fold: LosoFold, num_classes: int, model_params: ModelParams,
                   params: FinetuneParams, device: torch.device, encoder_state: dict | None,
-                  on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-                  progress: bool = True) -> nn.Module:
+                  on_epoch: Callable[[int, dict[str, float]], None] | None = None, progress: bool = True,
+                  state_path: Path | None = None, fingerprint: str = "") -> nn.Module:
     """Train MIACNet on ``fold.train_idx`` for exactly ``params.epochs`` epochs.
 
     Args:
         encoder_state: pre-trained branch weights (MA2MI ``encoder_state_dict``), or None to start from scratch.
-        on_epoch: called as ``on_epoch(epoch, {'loss', 'accuracy'})`` with TRAINING metrics after each epoch.
+        on_epoch: called as ``on_epoch(epoch, {'loss', 'accuracy'})`` with TRAINING metrics after each epoch
+            (after a resume, first for every epoch already finished, so logged curves are whole).
+        state_path: where the full training state is saved after every epoch; when it exists with the same
+            ``fingerprint`` (a hash of everything that shapes the run), training resumes after its last epoch
+            and ends exactly as an uninterrupted run would. None: no saving, no resuming.
 
     Returns:
         The trained model (eval mode).
@@ -85,11 +90,20 @@ def finetune_fold(data: MicroTensors, fold: LosoFold, num_classes: int, model_pa
         loss = F.cross_entropy(logits, batch["label"], label_smoothing=params.label_smoothing)
         return loss, {"accuracy": (logits.argmax(1) == batch["label"]).float().mean().item()}
 
-    for epoch in range(params.epochs):
+    first_epoch, history = 0, []
+    if state_path is not None:
+        first_epoch, history = resume_training_state(state_path, fingerprint, model, optimizer, scheduler, generator)
+    for epoch, train in enumerate(history):
+        if on_epoch is not None:
+            on_epoch(epoch, train)
+    for epoch in range(first_epoch, params.epochs):
         batches = data.batches(fold.train_idx, params.batch_size, generator, augment)
         train = train_one_epoch(model, batches, step, optimizer, device,
                                 f"fold {fold.index} epoch {epoch + 1}/{params.epochs}", progress)
         scheduler.step()
+        history.append(train)
+        if state_path is not None:
+            save_training_state(state_path, fingerprint, epoch, model, optimizer, scheduler, generator, history)
         log.info("fold %d (%s) epoch %d/%d: train loss %.4f, train accuracy %.3f", fold.index, fold.test_subject,
                  epoch + 1, params.epochs, train["loss"], train["accuracy"])
         if on_epoch is not None:

@@ -2,7 +2,9 @@
 
 Outputs under ``paths.finetune_dir/<init>/fold<k>/``: ``predictions.parquet`` (the held-out subject's samples
 with ``label``, ``predicted`` and one ``prob_<class>`` column per class), ``model.pt`` and ``dvclive/``
-(per-epoch training loss and accuracy). Run: ``python -m stages.finetune --init ma2mi --fold 3``.
+(per-epoch training loss and accuracy). While it runs, the full training state is saved after every epoch under
+``paths.checkpoint_dir``: a killed run resumes where it stopped, with the same result. Run:
+``python -m stages.finetune --init ma2mi --fold 3``.
 """
 
 from __future__ import annotations
@@ -10,16 +12,17 @@ from __future__ import annotations
 from pipeline.orchestration import flow, get_run_logger, run_stage  # first: sets Prefect defaults
 
 import argparse
+import json
 
 import pandas as pd
 import torch
 from dvclive import Live
 
 from pipeline.config import load_params
-from pipeline.engine import resolve_device, save_checkpoint, seed_everything
+from pipeline.engine import resolve_device, save_checkpoint, seed_everything, set_deterministic
 from pipeline.finetune import MicroTensors, finetune_fold, predict
 from pipeline.ingest_micro import read_classes
-from pipeline.io import atomic_dir, write_parquet
+from pipeline.io import atomic_dir, sha256_file, write_parquet
 from pipeline.loso import loso_fold
 
 PREDICTION_COLUMNS = ["sample_id", "dataset", "source_dataset", "subject", "clip", "label", "label_name"]
@@ -33,13 +36,21 @@ def finetune_flow(init: str, fold: int, params_path: str = "params.yaml") -> dic
         raise ValueError(f"init {init!r} is not in finetune.inits {params.finetune.inits}")
     logger = get_run_logger()
     seed_everything(params.finetune.seed)
+    set_deterministic(params.finetune.deterministic)
     device = resolve_device(params.finetune.device)
-    samples = pd.read_parquet(params.paths.micro_dir / "samples.parquet")
+    samples_path = params.paths.micro_dir / "samples.parquet"
+    samples = pd.read_parquet(samples_path)
     names = read_classes(params.paths.micro_dir)
     split = loso_fold(samples["subject"], fold)
     encoder = None
+    inputs = [samples_path]
     if init == "ma2mi":
-        encoder = torch.load(params.paths.pretrain_dir / "encoder.pt", map_location="cpu")["encoder"]
+        inputs.append(params.paths.pretrain_dir / "encoder.pt")
+        encoder = torch.load(inputs[-1], map_location="cpu")["encoder"]
+    fingerprint = json.dumps({"model": params.model.model_dump(mode="json"), "init": init, "fold": fold,
+                              "finetune": params.finetune.model_dump(mode="json"),
+                              "inputs": [sha256_file(path) for path in inputs]}, sort_keys=True)
+    state_path = params.paths.checkpoint_dir / "finetune" / init / f"fold{fold}.pt"
     data = MicroTensors(samples, params.model.image_size_px)
     logger.info("fold %d: test subject %s (%d samples), %d training samples, init %s, %s", fold,
                 split.test_subject, len(split.test_idx), len(split.train_idx), init, device)
@@ -51,7 +62,8 @@ def finetune_flow(init: str, fold: int, params_path: str = "params.yaml") -> dic
                     live.log_metric(f"train/{key}", value)
                 live.next_step()
 
-            model = finetune_fold(data, split, len(names), params.model, params.finetune, device, encoder, log_epoch)
+            model = finetune_fold(data, split, len(names), params.model, params.finetune, device, encoder, log_epoch,
+                                  state_path=state_path, fingerprint=fingerprint)
         predicted, probs = predict(model, data, split.test_idx, device)
         table = samples.iloc[split.test_idx][PREDICTION_COLUMNS].reset_index(drop=True)
         table["predicted"] = predicted
@@ -60,6 +72,7 @@ def finetune_flow(init: str, fold: int, params_path: str = "params.yaml") -> dic
         write_parquet(table, out / "predictions.parquet")
         save_checkpoint(out / "model.pt", model=model.state_dict(), init=init, fold=fold,
                         test_subject=split.test_subject)
+    state_path.unlink(missing_ok=True)  # the outputs are in place: nothing left to resume
     accuracy = float((table["predicted"] == table["label"]).mean())
     logger.info("fold %d (%s, %s): accuracy %.3f on %d held-out samples", fold, split.test_subject, init, accuracy,
                 len(table))

@@ -1,0 +1,74 @@
+"""A killed fine-tuning run resumes from its last epoch and ends exactly as an uninterrupted run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline.config import load_params
+from pipeline.engine import seed_everything
+from pipeline.finetune import MicroTensors, finetune_fold
+from pipeline.io import encode_png
+from pipeline.loso import loso_fold
+from tests.conftest import shrink
+
+
+class Killed(RuntimeError):
+    pass
+
+
+@pytest.fixture()
+def setup(tmp_path, raw_params):
+    import yaml
+
+    raw = shrink(raw_params)
+    raw["model"]["image_size_px"] = 32
+    raw["finetune"].update(epochs=3, batch_size=4)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    params = load_params(tmp_path / "params.yaml")
+    rng = np.random.default_rng(0)
+    images = [encode_png(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(24)]
+    samples = pd.DataFrame({"subject": np.repeat(["a", "b", "c"], 4), "label": np.tile([0, 1, 2, 0], 3),
+                            "onset_image": images[:12], "apex_image": images[12:]})
+    data = MicroTensors(samples, 32)
+    return params, data, loso_fold(samples["subject"], 0)
+
+
+def _run(params, data, fold, **kwargs):
+    seed_everything(params.finetune.seed)
+    model = finetune_fold(data, fold, 3, params.model, params.finetune, torch.device("cpu"), None, progress=False,
+                          **kwargs)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_resume_equals_uninterrupted(setup, tmp_path):
+    params, data, fold = setup
+    uninterrupted = _run(params, data, fold)
+
+    def kill_after_first_epoch(epoch, metrics):
+        if epoch == 0:
+            raise Killed
+
+    state = tmp_path / "state.pt"
+    with pytest.raises(Killed):
+        _run(params, data, fold, state_path=state, fingerprint="f", on_epoch=kill_after_first_epoch)
+    assert state.is_file()
+    seen = []
+    resumed = _run(params, data, fold, state_path=state, fingerprint="f",
+                   on_epoch=lambda epoch, metrics: seen.append(epoch))
+    assert seen == [0, 1, 2]  # epoch 0 replayed from the saved history, 1 and 2 trained
+    assert uninterrupted.keys() == resumed.keys()
+    for key in uninterrupted:
+        assert torch.equal(uninterrupted[key], resumed[key]), key
+
+
+def test_state_of_another_configuration_is_not_resumed(setup, tmp_path):
+    params, data, fold = setup
+    state = tmp_path / "state.pt"
+    _run(params, data, fold, state_path=state, fingerprint="old")
+    seen = []
+    _run(params, data, fold, state_path=state, fingerprint="new", on_epoch=lambda epoch, metrics: seen.append(epoch))
+    assert seen == [0, 1, 2]
+    assert torch.load(state, weights_only=False)["fingerprint"] == "new"
