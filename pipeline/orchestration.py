@@ -36,7 +36,9 @@ def stage_task(fn: Callable | None = None, **kwargs: Any):
 def run_stage(stage_flow: Callable[..., Any], **kwargs: Any) -> Any:
     """Run ``stage_flow(**kwargs)`` as a stage's ``main()``: configures logging and exits non-zero on failure
     with the error message on stderr (DVC then marks the stage failed and keeps the previous outputs)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Prefect routes the `pipeline` loggers (PREFECT_LOGGING_EXTRA_LOGGERS) but leaves the root at WARNING, which
+    # would hide the library's INFO lines (per-epoch numbers, resumes, drops): give them their own level.
+    logging.getLogger("pipeline").setLevel(logging.INFO)
     try:
         return stage_flow(**kwargs)
     except Exception as err:  # report the message, not only Prefect's traceback
