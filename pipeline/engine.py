@@ -121,9 +121,13 @@ def evaluate(model: nn.Module, batches: Iterable[Batch], step: StepFn, device: t
 
 
 def save_checkpoint(path: str | Path, **state: Any) -> None:
-    """``torch.save(state)`` to ``path`` atomically (temporary file, then rename)."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """``torch.save(state)`` to ``path`` atomically (temporary file, then rename).
+
+    Saved through a file handle: given a path, torch names the archive's inner folder after the (random)
+    temporary file, so identical weights would give different bytes and a different DVC hash every run.
+    """
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(state, handle)
 
 
 def set_deterministic(enabled: bool) -> None:

@@ -52,3 +52,13 @@ def test_pairs_respect_the_horizon_in_seconds_and_never_cross_videos():
     assert set(index["video"].to_numpy()[source]) == {"a", "b"}
     with pytest.raises(ValueError, match="no frame has a future frame"):
         FuturePairSampler(index, (5.0, 6.0))
+
+
+def test_checkpoints_of_identical_state_are_byte_identical(tmp_path):
+    from pipeline.engine import save_checkpoint
+
+    state = {"model": nn.Linear(2, 2).state_dict(), "epoch": 3}
+    save_checkpoint(tmp_path / "a.pt", **state)
+    save_checkpoint(tmp_path / "b.pt", **state)
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+    assert torch.load(tmp_path / "a.pt")["epoch"] == 3
