@@ -141,32 +141,34 @@ def set_deterministic(enabled: bool) -> None:
 
 def save_training_state(path: Path, fingerprint: str, epoch: int, model: nn.Module,
                         optimizer: torch.optim.Optimizer, scheduler: Any, generator: torch.Generator,
-                        history: list[dict[str, float]]) -> None:
+                        history: list[dict[str, float]], extra: dict | None = None) -> None:
     """Everything a killed run needs to continue exactly: weights, optimizer, scheduler, the finished ``epoch``
-    (0-based), every RNG (Python, NumPy, torch CPU and CUDA, the batch ``generator``) and the per-epoch
-    ``history``; written atomically. ``fingerprint`` identifies the configuration it belongs to."""
+    (0-based), every RNG (Python, NumPy, torch CPU and CUDA, the batch ``generator``), the per-epoch
+    ``history`` and the caller's ``extra`` state (e.g. a ``numpy.random.Generator``'s state); written
+    atomically. ``fingerprint`` identifies the configuration it belongs to."""
     save_checkpoint(
         path, fingerprint=fingerprint, epoch=epoch, model=model.state_dict(), optimizer=optimizer.state_dict(),
-        scheduler=scheduler.state_dict(), generator=generator.get_state(), history=history,
+        scheduler=scheduler.state_dict(), generator=generator.get_state(), history=history, extra=extra or {},
         rng={"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
              "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
     )
 
 
 def resume_training_state(path: Path, fingerprint: str, model: nn.Module, optimizer: torch.optim.Optimizer,
-                          scheduler: Any, generator: torch.Generator) -> tuple[int, list[dict[str, float]]]:
+                          scheduler: Any, generator: torch.Generator) -> tuple[int, list[dict[str, float]], dict]:
     """Restore a :func:`save_training_state` file if it exists and matches ``fingerprint``.
 
     Returns:
-        ``(first_epoch, history)``: the epoch to run next (0 when there is nothing to resume) and the finished
-        epochs' metrics. A state of another configuration is ignored (and logged), never mixed in.
+        ``(first_epoch, history, extra)``: the epoch to run next (0 when there is nothing to resume), the
+        finished epochs' metrics and the caller's extra state ({} when nothing is resumed). A state of another
+        configuration is ignored (and logged), never mixed in.
     """
     if not path.is_file():
-        return 0, []
+        return 0, [], {}
     state = torch.load(path, map_location="cpu", weights_only=False)  # our own file: RNG states are pickled
     if state["fingerprint"] != fingerprint:
         log.warning("%s belongs to another configuration; starting from epoch 1", path)
-        return 0, []
+        return 0, [], {}
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -177,4 +179,4 @@ def resume_training_state(path: Path, fingerprint: str, model: nn.Module, optimi
     if state["rng"]["cuda"]:
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
     log.info("resuming from %s after epoch %d", path, state["epoch"] + 1)
-    return state["epoch"] + 1, list(state["history"])
+    return state["epoch"] + 1, list(state["history"]), dict(state["extra"])

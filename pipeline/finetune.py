@@ -92,7 +92,8 @@ def finetune_fold(data: MicroTensors, fold: LosoFold, num_classes: int, model_pa
 
     first_epoch, history = 0, []
     if state_path is not None:
-        first_epoch, history = resume_training_state(state_path, fingerprint, model, optimizer, scheduler, generator)
+        first_epoch, history, _ = resume_training_state(state_path, fingerprint, model, optimizer, scheduler,
+                                                        generator)
     for epoch, train in enumerate(history):
         if on_epoch is not None:
             on_epoch(epoch, train)

@@ -18,7 +18,7 @@ import torch
 
 from pipeline.config import ModelParams, PretrainParams
 from pipeline.data import FuturePairSampler, images_to_tensor, iterate_batches, normalise
-from pipeline.engine import Batch, evaluate, train_one_epoch
+from pipeline.engine import Batch, evaluate, resume_training_state, save_training_state, train_one_epoch
 from pipeline.models.ma2mi import MA2MI
 
 __all__ = ["load_macro_frames", "pretrain", "split_heldout"]
@@ -80,13 +80,17 @@ def _step(model: MA2MI, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
 
 def pretrain(index: pd.DataFrame, images: torch.Tensor, model_params: ModelParams, params: PretrainParams,
              device: torch.device, on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-             progress: bool = True) -> tuple[MA2MI, dict[str, float]]:
+             progress: bool = True, state_path: Path | None = None,
+             fingerprint: str = "") -> tuple[MA2MI, dict[str, float]]:
     """Train MA2MI on the non-held-out videos for ``params.epochs`` epochs (the last epoch is kept: no
     selection on held-out data) and measure it on a fixed set of held-out pairs after each epoch.
 
     Args:
         index: ``video, time_s`` per frame, aligned with ``images: (N, 3, H, W) uint8``.
-        on_epoch: called as ``on_epoch(epoch, metrics)`` after each epoch (e.g. DVCLive logging).
+        on_epoch: called as ``on_epoch(epoch, metrics)`` after each epoch (e.g. DVCLive logging); after a
+            resume, first for every epoch already finished.
+        state_path, fingerprint: as in :func:`pipeline.finetune.finetune_fold`: the full training state (and the
+            pair sampler's RNG) is saved after every epoch, and a matching state is resumed exactly.
 
     Returns:
         ``(model, metrics)``; ``metrics`` holds the last epoch's ``train_*`` and ``heldout_*`` values and
@@ -104,8 +108,17 @@ def pretrain(index: pd.DataFrame, images: torch.Tensor, model_params: ModelParam
     optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=params.epochs)
     generator = torch.Generator().manual_seed(params.seed)
-    metrics: dict[str, float] = {}
-    for epoch in range(params.epochs):
+    first_epoch, history, extra = 0, [], {}
+    if state_path is not None:
+        first_epoch, history, extra = resume_training_state(state_path, fingerprint, model, optimizer, scheduler,
+                                                            generator)
+    if "pair_rng" in extra:
+        rng.bit_generator.state = extra["pair_rng"]
+    for epoch, metrics in enumerate(history):
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+    metrics: dict[str, float] = history[-1] if history else {}
+    for epoch in range(first_epoch, params.epochs):
         src, fut = train_sampler.sample(params.pairs_per_epoch, rng)
         batches = _pair_batches(images, train_rows[src], train_rows[fut], params.batch_size, generator)
         train = train_one_epoch(model, batches, _step, optimizer, device, f"pretrain {epoch + 1}/{params.epochs}",
@@ -116,6 +129,10 @@ def pretrain(index: pd.DataFrame, images: torch.Tensor, model_params: ModelParam
         metrics = {**{f"train_{k}": v for k, v in train.items() if k != "loss"},
                    **{f"heldout_{k}": v for k, v in held.items() if k != "loss"}}
         metrics["heldout_recon_over_copy"] = metrics["heldout_recon_loss"] / metrics["heldout_copy_loss"]
+        history.append(metrics)
+        if state_path is not None:
+            save_training_state(state_path, fingerprint, epoch, model, optimizer, scheduler, generator, history,
+                                extra={"pair_rng": rng.bit_generator.state})
         log.info("pretrain epoch %d/%d: %s", epoch + 1, params.epochs,
                  ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         if on_epoch is not None:

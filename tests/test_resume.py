@@ -72,3 +72,37 @@ def test_state_of_another_configuration_is_not_resumed(setup, tmp_path):
     _run(params, data, fold, state_path=state, fingerprint="new", on_epoch=lambda epoch, metrics: seen.append(epoch))
     assert seen == [0, 1, 2]
     assert torch.load(state, weights_only=False)["fingerprint"] == "new"
+
+
+def test_pretraining_resume_equals_uninterrupted(tmp_path, raw_params):
+    import yaml
+
+    from pipeline.pretrain import pretrain
+
+    raw = shrink(raw_params)
+    raw["model"]["image_size_px"] = 32
+    raw["pretrain"].update(epochs=3, pairs_per_epoch=16, heldout_pairs=8, batch_size=8, heldout_videos=["b"])
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    params = load_params(tmp_path / "params.yaml")
+    index = pd.DataFrame({"video": np.repeat(["a", "b"], 12), "time_s": np.tile(np.arange(12) / 10.0, 2)})
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (24, 3, 32, 32), dtype=np.uint8))
+
+    def run(**kwargs):
+        seed_everything(0)
+        model, metrics = pretrain(index, images, params.model, params.pretrain, torch.device("cpu"),
+                                  progress=False, **kwargs)
+        return {k: v.clone() for k, v in model.state_dict().items()}, metrics
+
+    uninterrupted, metrics = run()
+
+    def kill_after_first_epoch(epoch, _):
+        if epoch == 0:
+            raise Killed
+
+    state = tmp_path / "pretrain.pt"
+    with pytest.raises(Killed):
+        run(state_path=state, fingerprint="f", on_epoch=kill_after_first_epoch)
+    resumed, resumed_metrics = run(state_path=state, fingerprint="f")
+    assert resumed_metrics == metrics
+    for key in uninterrupted:
+        assert torch.equal(uninterrupted[key], resumed[key]), key
