@@ -6,6 +6,7 @@ tensor to minimise, ``metrics`` a dict of floats averaged over the epoch (weight
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from pipeline.io import atomic_path
+from pipeline.io import atomic_path, sha256_file
 
 __all__ = [
     "evaluate",
@@ -30,6 +31,7 @@ __all__ = [
     "seed_everything",
     "set_deterministic",
     "train_one_epoch",
+    "training_fingerprint",
 ]
 
 log = logging.getLogger(__name__)
@@ -137,6 +139,12 @@ def set_deterministic(enabled: bool) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(enabled)
     torch.backends.cudnn.benchmark = not enabled
+
+
+def training_fingerprint(sections: dict[str, Any], inputs: list[Path]) -> str:
+    """Identifies the run a training state belongs to: the JSON of ``sections`` (params and run choices) and the
+    sha256 of every input file, so a state saved under other params or other data is never resumed."""
+    return json.dumps({**sections, "inputs": [sha256_file(path) for path in inputs]}, sort_keys=True)
 
 
 def save_training_state(path: Path, fingerprint: str, epoch: int, model: nn.Module,

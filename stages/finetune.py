@@ -12,17 +12,22 @@ from __future__ import annotations
 from pipeline.orchestration import flow, get_run_logger, run_stage  # first: sets Prefect defaults
 
 import argparse
-import json
 
 import pandas as pd
 import torch
 from dvclive import Live
 
 from pipeline.config import load_params
-from pipeline.engine import resolve_device, save_checkpoint, seed_everything, set_deterministic
+from pipeline.engine import (
+    resolve_device,
+    save_checkpoint,
+    seed_everything,
+    set_deterministic,
+    training_fingerprint,
+)
 from pipeline.finetune import MicroTensors, finetune_fold, predict
 from pipeline.ingest_micro import read_classes
-from pipeline.io import atomic_dir, sha256_file, write_parquet
+from pipeline.io import atomic_dir, write_parquet
 from pipeline.loso import loso_fold
 
 PREDICTION_COLUMNS = ["sample_id", "dataset", "source_dataset", "subject", "clip", "label", "label_name"]
@@ -47,9 +52,8 @@ def finetune_flow(init: str, fold: int, params_path: str = "params.yaml") -> dic
     if init == "ma2mi":
         inputs.append(params.paths.pretrain_dir / "encoder.pt")
         encoder = torch.load(inputs[-1], map_location="cpu")["encoder"]
-    fingerprint = json.dumps({"model": params.model.model_dump(mode="json"), "init": init, "fold": fold,
-                              "finetune": params.finetune.model_dump(mode="json"),
-                              "inputs": [sha256_file(path) for path in inputs]}, sort_keys=True)
+    fingerprint = training_fingerprint({"model": params.model.model_dump(mode="json"), "init": init, "fold": fold,
+                                        "finetune": params.finetune.model_dump(mode="json")}, inputs)
     state_path = params.paths.checkpoint_dir / "finetune" / init / f"fold{fold}.pt"
     data = MicroTensors(samples, params.model.image_size_px)
     logger.info("fold %d: test subject %s (%d samples), %d training samples, init %s, %s", fold,

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 from pipeline.orchestration import flow, get_run_logger, run_stage  # first: sets Prefect defaults
 
-import json
-
 from dvclive import Live
 
 from pipeline.config import load_params
-from pipeline.engine import resolve_device, save_checkpoint, seed_everything
-from pipeline.io import atomic_dir, sha256_file, write_json
+from pipeline.engine import resolve_device, save_checkpoint, seed_everything, training_fingerprint
+from pipeline.io import atomic_dir, write_json
 from pipeline.pretrain import load_macro_frames, pretrain
 
 
@@ -30,10 +28,9 @@ def pretrain_flow(params_path: str = "params.yaml") -> dict:
     device = resolve_device(params.pretrain.device)
     index, images = load_macro_frames(params.paths.macro_dir, params.model.image_size_px)
     logger.info("%d frames from %d videos on %s", len(index), index["video"].nunique(), device)
-    shards = sorted(params.paths.macro_dir.glob("*/frames-*.parquet"))
-    fingerprint = json.dumps({"model": params.model.model_dump(mode="json"),
-                              "pretrain": params.pretrain.model_dump(mode="json"),
-                              "inputs": [sha256_file(shard) for shard in shards]}, sort_keys=True)
+    fingerprint = training_fingerprint({"model": params.model.model_dump(mode="json"),
+                                        "pretrain": params.pretrain.model_dump(mode="json")},
+                                       sorted(params.paths.macro_dir.glob("*/frames-*.parquet")))
     state_path = params.paths.checkpoint_dir / "pretrain.pt"
     with atomic_dir(params.paths.pretrain_dir) as out:
         with Live(dir=str(out / "dvclive"), save_dvc_exp=False, dvcyaml=None) as live:
