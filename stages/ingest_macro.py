@@ -46,6 +46,8 @@ def ingest_macro_flow(source: str, params_path: str = "params.yaml") -> dict:
         raise ValueError(f"no macro source {source!r}; params.yaml has {sorted(params.macro.sources)}")
     logger = get_run_logger()
     items = list_source(source, params.macro.sources[source], params.macro.video_suffixes)
+    if not items:
+        raise ValueError(f"macro source {source!r} has no video under {params.macro.sources[source].root}")
     results = [ingest_one(item, params.macro) for item in tqdm(items, desc=f"ingest {source}", disable=None)]
     table = pd.DataFrame([r.video for r in results])
     with atomic_dir(params.paths.macro_dir / source) as out:
@@ -53,11 +55,9 @@ def ingest_macro_flow(source: str, params_path: str = "params.yaml") -> dict:
         indexes = [r.index for r in results if len(r.index)]
         write_parquet(pd.concat(indexes, ignore_index=True) if indexes else pd.DataFrame(), out / "index.parquet")
         write_parquet(table, out / "videos.parquet")
-        summary = {"videos": table["status"].value_counts().to_dict() if len(table) else {},
-                   "frames_ok": int(table["n_ok"].sum()) if len(table) else 0,
-                   "frames_decoded": int(table["n_frames"].sum()) if len(table) else 0, "shards": n_shards,
-                   "skipped": table.loc[table["status"] != "ok", ["video", "status", "reason"]].to_dict("records")
-                   if len(table) else []}
+        summary = {"videos": table["status"].value_counts().to_dict(), "frames_ok": int(table["n_ok"].sum()),
+                   "frames_decoded": int(table["n_frames"].sum()), "shards": n_shards,
+                   "skipped": table.loc[table["status"] != "ok", ["video", "status", "reason"]].to_dict("records")}
         write_json(summary, out / "summary.json")
     for row in summary["skipped"]:
         logger.warning("video %s recorded as %s: %s", row["video"], row["status"], row["reason"])
