@@ -164,6 +164,7 @@ class PretrainParams(_Section):
     batch_size: int = Field(ge=1)
     lr: float = Field(gt=0)
     weight_decay: float = Field(ge=0)
+    nproc: int = Field(ge=1)  # processes; > 1: torchrun DDP, pairs_per_epoch and batch_size split among them
 
     @field_validator("horizon_s")
     @classmethod
@@ -171,6 +172,16 @@ class PretrainParams(_Section):
         if value[0] <= 0:
             raise ValueError("horizon_s must be > 0 seconds")
         return _check_range(value, info.field_name)
+
+    @model_validator(mode="after")
+    def _divisible(self) -> PretrainParams:
+        # every rank must take the same number of steps (DDP synchronises each one): equal shares
+        for name in ("pairs_per_epoch", "batch_size"):
+            if getattr(self, name) % self.nproc:
+                raise ValueError(f"{name} = {getattr(self, name)} must be divisible by nproc = {self.nproc}")
+        if self.heldout_pairs < self.nproc:
+            raise ValueError(f"heldout_pairs = {self.heldout_pairs} must be >= nproc = {self.nproc}")
+        return self
 
 
 class FinetuneParams(_Section):
