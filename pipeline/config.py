@@ -184,28 +184,56 @@ class PretrainParams(_Section):
         return self
 
 
+class BaselineParams(_Section):
+    """The published baseline arm, trained on the same folds and seeds with the same recipe as MIACNet."""
+
+    model: Literal["mmnet", "resnet18-diff"]
+    image_size_px: int = Field(ge=16)  # the baseline's input side (MMNet's reference: 224, the only size it takes)
+    folds: list[int]  # [] = the arm is off; else exactly finetune.folds
+
+
 class FinetuneParams(_Section):
-    seed: int
+    seeds: list[int] = Field(min_length=1)  # each fold stage trains once per seed; evaluate gives mean ± std
     device: Device
     deterministic: bool  # torch.use_deterministic_algorithms (bitwise-repeatable, can be slower on GPU)
-    inits: list[Literal["ma2mi", "scratch"]] = Field(min_length=1)
     folds: list[int] = Field(min_length=1)  # LOSO fold index into the sorted subject list
+    baseline: BaselineParams
     epochs: int = Field(ge=1)
     batch_size: int = Field(ge=1)
     lr: float = Field(gt=0)
     encoder_lr_scale: float = Field(ge=0)
     weight_decay: float = Field(ge=0)
     label_smoothing: float = Field(ge=0, lt=1)
+    schedule: Literal["cosine", "exponential"]  # cosine to 0 over epochs | lr * lr_gamma**min(epoch, decay_epochs)
+    lr_gamma: float = Field(gt=0, le=1)  # exponential schedule only
+    decay_epochs: int = Field(ge=0)  # exponential schedule only: epochs after which the lr is held
     flip: bool
     rotate_deg: float = Field(ge=0)
-    translate_px: int = Field(ge=0)
+    translate_px: int = Field(ge=0)  # random shift of up to ± this many px, zero fill (= RandomCrop with padding)
 
-    @field_validator("folds")
+    @field_validator("folds", "seeds")
     @classmethod
-    def _unique(cls, value: list[int]) -> list[int]:
+    def _unique(cls, value: list[int], info) -> list[int]:
         if len(set(value)) != len(value) or min(value) < 0:
-            raise ValueError(f"folds must be distinct non-negative integers, got {value}")
+            raise ValueError(f"{info.field_name} must be distinct non-negative integers, got {value}")
         return value
+
+    @model_validator(mode="after")
+    def _baseline_folds(self) -> FinetuneParams:
+        if self.baseline.folds and sorted(self.baseline.folds) != sorted(self.folds):
+            raise ValueError(f"baseline.folds {self.baseline.folds} must be [] (arm off) or the same folds as "
+                             f"finetune.folds {self.folds}: the arms are compared on the same folds")
+        return self
+
+    @property
+    def arms(self) -> list[str]:
+        """The fine-tuning arms (``finetune_<arm>`` stages) that evaluate compares: ``ma2mi``, ``scratch``, and
+        ``baseline`` when ``baseline.folds`` is not empty."""
+        return ["ma2mi", "scratch"] + (["baseline"] if self.baseline.folds else [])
+
+    def arm_label(self, arm: str) -> str:
+        """The name results carry: the arm's, but the model's for the baseline (e.g. ``mmnet``)."""
+        return self.baseline.model if arm == "baseline" else arm
 
 
 class Params(_Section):

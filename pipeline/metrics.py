@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 
-__all__ = ["classification_metrics", "confusion", "per_group_metrics"]
+__all__ = ["classification_metrics", "confusion", "per_group_metrics", "seed_summary"]
 
 
 def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[int]) -> dict[str, float]:
@@ -40,3 +40,18 @@ def per_group_metrics(predictions: pd.DataFrame, group: str, labels: Sequence[in
 def confusion(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[int]) -> np.ndarray:
     """(K, K) int counts; row = true class, column = predicted class, in ``labels`` order."""
     return confusion_matrix(y_true, y_pred, labels=list(labels))
+
+
+def seed_summary(per_seed: pd.DataFrame, columns: Sequence[str] = ("accuracy", "uf1", "uar")) -> dict[str, float | None]:
+    """Mean and sample standard deviation (ddof = 1) over seeds: ``{'<col>': mean, '<col>_std': std, 'seeds': n}``
+    for each of ``columns`` of ``per_seed`` (one row per seed). The std is None with a single seed, where it is
+    undefined."""
+    if per_seed.empty:
+        raise ValueError("seed_summary: no seed to summarise")
+    summary: dict[str, float | None] = {}
+    for column in columns:
+        values = per_seed[column].astype(float)
+        summary[column] = float(values.mean())
+        summary[f"{column}_std"] = float(values.std(ddof=1)) if len(values) > 1 else None
+    summary["seeds"] = len(per_seed)
+    return summary

@@ -47,7 +47,7 @@ def raw_params() -> dict:
 
 
 def shrink(raw: dict) -> dict:
-    """The real params, shrunk to a minutes-long CPU run: 3 subjects x 1 clip per class, 48 px, 1-2 epochs."""
+    """The real params, shrunk to a minutes-long CPU run: 3 subjects x 1 clip per class, 48 px, 1-2 epochs, 2 seeds."""
     raw["synthesize"].update(n_subjects=3, clips_per_class=1, face_size_px=64, macro_video_duration_s=2.0,
                              macro_duration_s=[0.5, 1.0])
     raw["macro"].update(image_size_px=48)
@@ -56,5 +56,5 @@ def shrink(raw: dict) -> dict:
                         position_channels=[8, 16, 16, 16], code_channels=4)
     raw["pretrain"].update(epochs=1, pairs_per_epoch=64, heldout_pairs=32, batch_size=16,
                            heldout_videos=["samples/carphone_pristine"])
-    raw["finetune"].update(epochs=2, folds=[0, 1, 2], batch_size=4)
+    raw["finetune"].update(epochs=2, folds=[0, 1, 2], batch_size=4, seeds=[0, 1])
     return raw

@@ -221,3 +221,29 @@ def test_create_model_knows_the_three_models(params_224: ModelParams) -> None:
             assert callable(getattr(model, method)), f"{name}.{method}"
     with pytest.raises(ValueError, match="unknown model 'mmnet2'; known models: miacnet, mmnet, resnet18-diff"):
         create_model("mmnet2", num_classes=4, params=params_224)
+
+
+def test_mmnet_fine_tunes_through_the_engine_at_its_input_size(params_224: ModelParams) -> None:
+    """The baseline arm's path: MMNet built by name, one AdamW group, the exponential recipe, 224 px crops."""
+    import numpy as np
+    import pandas as pd
+
+    from pipeline.finetune import MicroTensors, finetune_fold, predict
+    from pipeline.io import encode_png
+    from pipeline.loso import loso_fold
+
+    finetune = load_params(PARAMS_YAML).finetune.model_copy(
+        update={"epochs": 1, "batch_size": 4, "schedule": "exponential", "lr_gamma": 0.5, "decay_epochs": 1})
+    rng = np.random.default_rng(0)
+    images = [encode_png(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)) for _ in range(16)]
+    samples = pd.DataFrame({"subject": np.repeat(["a", "b"], 4), "label": np.tile([0, 1, 2, 0], 2),
+                            "onset_image": images[:8], "apex_image": images[8:]})
+    data = MicroTensors(samples, 224)  # resized to MMNet's side
+    fold = loso_fold(samples["subject"], 0)
+    torch.manual_seed(5)
+    untrained = MMNet(3).state_dict()
+    model = finetune_fold(data, fold, 3, "mmnet", params_224, finetune, 5, torch.device("cpu"), None, progress=False)
+    assert isinstance(model, MMNet) and not model.training
+    assert not torch.equal(model.state_dict()["fc.weight"], untrained["fc.weight"])
+    predicted, probs = predict(model, data, fold.test_idx, torch.device("cpu"))
+    assert probs.shape == (4, 3) and np.allclose(probs.sum(1), 1, atol=1e-5) and predicted.shape == (4,)

@@ -16,7 +16,8 @@ def _write(tmp_path, raw):
 
 def test_real_params_load(repo):
     params = load_params(repo / "params.yaml")
-    assert params.finetune.inits == ["ma2mi", "scratch"]
+    assert params.finetune.arms == ["ma2mi", "scratch"]  # the baseline arm is off by default (CPU cost)
+    assert len(params.finetune.seeds) >= 3
     assert params.synthesize.micro_peak_px[1] <= 2.0
 
 
@@ -61,3 +62,46 @@ def test_params_are_frozen(repo):
     params = load_params(repo / "params.yaml")
     with pytest.raises(Exception):
         params.finetune.epochs = 3
+
+
+def test_baseline_arm_runs_on_the_same_folds(tmp_path, raw_params):
+    raw_params["finetune"]["baseline"]["folds"] = [0, 1]
+    with pytest.raises(ConfigError, match=r"baseline.folds \[0, 1\] must be \[\] \(arm off\) or the same folds"):
+        load_params(_write(tmp_path, raw_params))
+    raw_params["finetune"]["baseline"]["folds"] = list(reversed(raw_params["finetune"]["folds"]))
+    params = load_params(_write(tmp_path, raw_params))
+    assert params.finetune.arms == ["ma2mi", "scratch", "baseline"]
+    assert params.finetune.arm_label("baseline") == "mmnet"
+
+
+def test_repeated_seeds_are_an_error(tmp_path, raw_params):
+    raw_params["finetune"]["seeds"] = [0, 0, 1]
+    with pytest.raises(ConfigError, match=r"finetune.seeds: .*distinct"):
+        load_params(_write(tmp_path, raw_params))
+
+
+def test_readme_mmnet_recipe_command_sets_the_reference_recipe(repo, tmp_path):
+    """The README's `dvc exp run -S ...` command, applied by DVC's own override parser, gives valid params with
+    MMNet's published recipe (DESIGN §5) for every arm, at 224 px."""
+    import re
+    import shlex
+    import shutil
+
+    from dvc.utils.hydra import apply_overrides
+
+    readme = (repo / "README.md").read_text()
+    command = re.search(r"^dvc exp run -n mmnet-recipe(?:.*\\\n)*.*$", readme, re.M)  # with its continued lines
+    assert command, "README: the mmnet-recipe command is missing"
+    tokens = shlex.split(command.group(0).replace("\\\n", " "))
+    overrides = [tokens[i + 1] for i, token in enumerate(tokens) if token == "-S"]
+    path = tmp_path / "params.yaml"
+    shutil.copy(repo / "params.yaml", path)
+    apply_overrides(path, overrides)
+    params = load_params(path)
+    f = params.finetune
+    assert (f.epochs, f.batch_size, f.lr, f.weight_decay) == (74, 32, 8e-4, 0.6)
+    assert (f.schedule, f.lr_gamma, f.decay_epochs) == ("exponential", 0.987, 50)
+    assert (f.flip, f.rotate_deg, f.translate_px, f.label_smoothing) == (True, 3.0, 15, 0.0)
+    assert (f.baseline.model, f.baseline.image_size_px) == ("mmnet", 224)
+    assert f.arms == ["ma2mi", "scratch", "baseline"] and f.baseline.folds == f.folds
+    assert params.model.image_size_px == params.micro.image_size_px == params.macro.image_size_px == 224

@@ -62,3 +62,29 @@ def test_checkpoints_of_identical_state_are_byte_identical(tmp_path):
     save_checkpoint(tmp_path / "b.pt", **state)
     assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
     assert torch.load(tmp_path / "a.pt")["epoch"] == 3
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "exponential"])
+def test_recipe_schedules(raw_params, tmp_path, schedule):
+    """exponential: MMNet's recipe, lr * gamma**epoch for decay_epochs epochs, then held; cosine: to 0."""
+    import yaml
+
+    from pipeline.config import load_params
+    from pipeline.finetune import lr_scheduler
+
+    raw_params["finetune"].update(schedule=schedule, lr=8e-4, lr_gamma=0.987, decay_epochs=50, epochs=74)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw_params))
+    params = load_params(tmp_path / "params.yaml").finetune
+    optimizer = torch.optim.AdamW(nn.Linear(2, 2).parameters(), lr=params.lr)
+    scheduler = lr_scheduler(optimizer, params)
+    lrs = []
+    for _ in range(params.epochs):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    if schedule == "exponential":
+        expected = [8e-4 * 0.987 ** min(epoch, 50) for epoch in range(74)]
+        assert lrs == pytest.approx(expected, rel=1e-9)
+        assert lrs[50] == lrs[73] < lrs[49]
+    else:
+        assert lrs[0] == pytest.approx(8e-4) and lrs[-1] < 1e-6 and all(a >= b for a, b in zip(lrs, lrs[1:]))

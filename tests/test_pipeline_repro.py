@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
+from sklearn.metrics import f1_score
 
 from tests.conftest import shrink
 
@@ -47,24 +50,44 @@ def shrunk_project(tmp_path_factory, repo) -> tuple[Path, dict]:
 
 
 @pytest.mark.slow
-def test_repro_produces_metrics_for_both_inits(shrunk_project):
+def test_repro_produces_metrics_for_both_arms_over_seeds(shrunk_project):
     work, env = shrunk_project
-    metrics = json.loads((work / "results" / "evaluate" / "metrics.json").read_text())
+    evaluate = work / "results" / "evaluate"
+    metrics = json.loads((evaluate / "metrics.json").read_text())
     samples = json.loads((work / "data" / "micro" / "summary.json").read_text())
     assert samples["samples"] == 9 and samples["subjects"] == 3
     assert samples["classes"] == ["negative", "positive", "surprise"]
     assert "## Per subject and class" in (work / "data" / "micro" / "summary.md").read_text()
-    for init in ("ma2mi", "scratch"):
-        assert set(metrics[init]) >= {"accuracy", "uf1", "uar", "n"}
-        assert metrics[init]["n"] == 9  # pooled over every LOSO fold, each sample once
-        assert all(0.0 <= metrics[init][k] <= 1.0 for k in ("accuracy", "uf1", "uar"))
-    assert metrics["ma2mi_minus_scratch"]["uf1"] == pytest.approx(metrics["ma2mi"]["uf1"] - metrics["scratch"]["uf1"])
+    assert metrics["run"]["seeds"] == [0, 1]
+    per_seed = pd.read_csv(evaluate / "per_seed.csv")
+    for arm in ("ma2mi", "scratch"):
+        assert metrics[arm]["n"] == 9 and metrics[arm]["seeds"] == 2  # each seed pools every LOSO fold once
+        scores = per_seed[per_seed["arm"] == arm].set_index("seed")
+        for score in ("accuracy", "uf1", "uar"):
+            assert metrics[arm][score] == pytest.approx(scores[score].mean())
+            assert metrics[arm][f"{score}_std"] == pytest.approx(scores[score].std(ddof=1))
+        # recomputed from the fold stages' predictions, independently of the evaluate stage
+        predictions = pd.concat(pd.read_parquet(path) for path in (work / "results" / "finetune" / arm).glob(
+            "fold*/predictions.parquet"))
+        assert sorted(predictions["seed"].unique()) == [0, 1]
+        for seed, part in predictions.groupby("seed"):
+            assert len(part) == 9 and part["sample_id"].is_unique
+            assert scores.loc[seed, "uf1"] == pytest.approx(
+                f1_score(part["label"], part["predicted"], labels=[0, 1, 2], average="macro", zero_division=0))
+    difference = (per_seed.pivot(index="seed", columns="arm", values="uf1").eval("ma2mi - scratch"))
+    assert metrics["ma2mi_minus_scratch"]["uf1"] == pytest.approx(difference.mean())
+    assert metrics["ma2mi_minus_scratch"]["uf1_std"] == pytest.approx(difference.std(ddof=1))
     pretrain = json.loads((work / "models" / "pretrain" / "metrics.json").read_text())
     assert pretrain["heldout_recon_over_copy"] > 0
     shown = _run(["dvc", "metrics", "show"], work, env).stdout
-    assert "ma2mi.uf1" in shown and "scratch.uar" in shown
+    assert "ma2mi.uf1" in shown and "scratch.uar_std" in shown and "ma2mi_minus_scratch.uf1" in shown
     videos = work / "data" / "macro" / "samples" / "videos.parquet"
-    assert videos.is_file() and (work / "results" / "evaluate" / "confusion.png").stat().st_size > 0
+    assert videos.is_file()
+    for figure in ("confusion.png", "ablation.png", "curves.png"):
+        assert (evaluate / figure).stat().st_size > 0, figure
+    assert {p.name for p in (evaluate / "confusion").iterdir()} == {"ma2mi.csv", "scratch.csv"}
+    assert (work / "results" / "finetune" / "ma2mi" / "fold0" / "model_seed1.pt").is_file()
+    assert not any((work / ".cache" / "checkpoints").rglob("*.pt"))  # resume states are removed on success
 
 
 @pytest.mark.slow
@@ -74,19 +97,48 @@ def test_second_repro_runs_nothing(shrunk_project):
     assert "Running stage" not in result.stdout + result.stderr
 
 
-@pytest.mark.slow
-def test_finetune_param_edit_stales_only_finetune_and_evaluate(shrunk_project):
-    work, env = shrunk_project
+def _stale_after_edit(work: Path, env: dict, edit) -> set[str]:
+    """Stage names `dvc status` lists after ``edit(raw_params)``; params.yaml is restored afterwards."""
     params_path = work / "params.yaml"
     original = params_path.read_text()
     raw = yaml.safe_load(original)
-    raw["finetune"]["lr"] = raw["finetune"]["lr"] * 2
+    edit(raw)
     params_path.write_text(yaml.safe_dump(raw, sort_keys=False))
     try:
-        status = json.loads(_run(["dvc", "status", "--json"], work, env).stdout)
+        return set(json.loads(_run(["dvc", "status", "--json"], work, env).stdout))
     finally:
         params_path.write_text(original)
-    stale = set(status)
-    assert stale, "editing finetune.lr must make stages stale"
-    assert all(name.startswith(("finetune_ma2mi@", "finetune_scratch@")) or name == "evaluate" for name in stale), stale
-    assert {f"finetune_{init}@{fold}" for init in ("ma2mi", "scratch") for fold in (0, 1, 2)} <= stale
+
+
+@pytest.mark.slow
+def test_finetune_param_edit_stales_only_finetune_and_evaluate(shrunk_project):
+    work, env = shrunk_project
+    stale = _stale_after_edit(work, env, lambda raw: raw["finetune"].update(lr=raw["finetune"]["lr"] * 2))
+    arms = {f"finetune_{arm}@{fold}" for arm in ("ma2mi", "scratch") for fold in (0, 1, 2)}
+    assert stale == arms | {"evaluate"}
+
+
+@pytest.mark.slow
+def test_enabling_the_baseline_arm_reruns_no_miacnet_stage(shrunk_project):
+    work, env = shrunk_project
+    stale = _stale_after_edit(work, env, lambda raw: raw["finetune"]["baseline"].update(folds=[0, 1, 2]))
+    assert stale == {"finetune_baseline@0", "finetune_baseline@1", "finetune_baseline@2", "evaluate"}
+
+
+@pytest.mark.slow
+def test_baseline_arm_runs_and_joins_the_ablation(shrunk_project, tmp_path):
+    work, env = shrunk_project
+    copy = tmp_path / "project"
+    shutil.copytree(work, copy, symlinks=True)  # the module's project stays as the other tests expect it
+    env = {**env, "PREFECT_HOME": str(copy / ".prefect")}
+    raw = yaml.safe_load((copy / "params.yaml").read_text())
+    raw["finetune"]["baseline"].update(model="resnet18-diff", image_size_px=48, folds=[0, 1, 2])
+    (copy / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    ran = _run(["dvc", "repro"], copy, env).stdout
+    assert sorted(set(re.findall(r"Running stage '([^']+)'", ran))) == [
+        "evaluate", "finetune_baseline@0", "finetune_baseline@1", "finetune_baseline@2"]
+    metrics = json.loads((copy / "results" / "evaluate" / "metrics.json").read_text())
+    assert metrics["resnet18-diff"]["n"] == 9 and metrics["resnet18-diff"]["seeds"] == 2
+    assert metrics["ma2mi"] == json.loads((work / "results" / "evaluate" / "metrics.json").read_text())["ma2mi"]
+    predictions = pd.read_parquet(copy / "results" / "finetune" / "baseline" / "fold0" / "predictions.parquet")
+    assert set(predictions["model"]) == {"resnet18-diff"} and set(predictions["seed"]) == {0, 1}

@@ -37,9 +37,8 @@ def setup(tmp_path, raw_params):
 
 
 def _run(params, data, fold, **kwargs):
-    seed_everything(params.finetune.seed)
-    model = finetune_fold(data, fold, 3, params.model, params.finetune, torch.device("cpu"), None, progress=False,
-                          **kwargs)
+    model = finetune_fold(data, fold, 3, "miacnet", params.model, params.finetune, 0, torch.device("cpu"), None,
+                          progress=False, **kwargs)
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
@@ -106,3 +105,23 @@ def test_pretraining_resume_equals_uninterrupted(tmp_path, raw_params):
     assert resumed_metrics == metrics
     for key in uninterrupted:
         assert torch.equal(uninterrupted[key], resumed[key]), key
+
+
+def test_a_finished_seed_is_given_back_without_training(setup, tmp_path, monkeypatch):
+    """The fine-tuning stage keeps each finished seed's state until its outputs are in place, so a stage killed
+    at a later seed gets the earlier seeds' final weights back without training them again."""
+    import pipeline.finetune
+
+    params, data, fold = setup
+    state = tmp_path / "seed0.pt"
+    finished = _run(params, data, fold, state_path=state, fingerprint="f")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run must not train again")
+
+    monkeypatch.setattr(pipeline.finetune, "train_one_epoch", no_training)
+    seen = []
+    again = _run(params, data, fold, state_path=state, fingerprint="f", on_epoch=lambda e, m: seen.append(e))
+    assert seen == [0, 1, 2]  # the whole curve is replayed for DVCLive
+    for key in finished:
+        assert torch.equal(finished[key], again[key]), key
