@@ -27,7 +27,7 @@ from pipeline.config import ModelParams, PretrainParams
 from pipeline.data import FuturePairSampler, images_to_tensor, iterate_batches, normalise
 from pipeline.distributed import (RankInfo, all_gather_objects, all_reduce_means, broadcast_buffers, rank_info,
                                   rank_seed, wrap_ddp)
-from pipeline.engine import Batch, evaluate, resume_training_state, save_training_state, train_one_epoch
+from pipeline.engine import Batch, evaluate, resume_training_state, save_training_state, to_device, train_one_epoch
 from pipeline.models.ma2mi import MA2MI
 
 __all__ = ["load_macro_frames", "pretrain", "split_heldout"]
@@ -160,7 +160,7 @@ def pretrain(index: pd.DataFrame, images: torch.Tensor, model_params: ModelParam
     shard = slice(world.rank, None, world.world_size)  # this rank's held-out pairs
     heldout_src, heldout_fut = heldout_src[shard], heldout_fut[shard]
 
-    model = MA2MI(model_params).to(device)
+    model = to_device(MA2MI(model_params), device)  # channels-last on CUDA
     losses = _Losses(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=params.epochs)
