@@ -20,8 +20,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 
 install: $(VENV)/.installed
 
+# one local Prefect server for the whole run (its database in .cache/prefect) instead of an ephemeral API per stage
 demo: install
-	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro
+	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pipeline.local_prefect -- dvc repro
 	PATH="$(CURDIR)/$(BIN):$$PATH" dvc metrics show
 
 test: install

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,17 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Self
 
-import httpx
 import psutil
 
+from pipeline.local_prefect import free_port, wait_for_api
+
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    """A TCP port that is free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def prefect_env(home: Path, api_url: str | None = None, **extra: str) -> dict[str, str]:
@@ -109,15 +102,11 @@ def start_server(procs: Processes, home: Path, timeout: float = 120) -> str:
     api_url = f"http://127.0.0.1:{port}/api"
     server = procs.start("server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
                                     str(port)], prefect_env(home))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            break
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
-                return api_url
-        time.sleep(0.5)
-    raise TimeoutError(f"prefect server on {api_url} did not start:\n{procs.log('server')}")
+    try:
+        wait_for_api(api_url, server, timeout)
+    except (RuntimeError, TimeoutError) as err:
+        raise TimeoutError(f"prefect server on {api_url} did not start ({err}):\n{procs.log('server')}") from err
+    return api_url
 
 
 def start_worker(procs: Processes, name: str, pool: str, env: dict, limit: int | None = 1) -> subprocess.Popen:

@@ -1,10 +1,13 @@
-"""Stage flows show the library's INFO lines (per-epoch numbers) and fail with the error's message."""
+"""Stage flows show the library's INFO lines (per-epoch numbers) and fail with the error's message; a command can
+run against a local Prefect server started for it."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+
+import pytest
 
 SCRIPT = """
 import logging
@@ -37,3 +40,32 @@ def test_a_failing_stage_exits_nonzero_with_the_message(tmp_path):
     result = _run(tmp_path, fail=True)
     assert result.returncode == 1
     assert "stage failed: ValueError: data/x.parquet: missing" in result.stderr
+
+
+CHILD = """
+import os, sys
+from pipeline.orchestration import flow
+
+@flow(name="probe")
+def probe():
+    return os.environ["PREFECT_API_URL"]
+
+print("api:", probe())
+sys.exit(3)
+"""
+
+
+def test_a_command_runs_against_a_local_server_that_is_stopped_afterwards(tmp_path):
+    """`make demo` runs `dvc repro` this way: one server instead of an ephemeral API per stage process."""
+    import httpx
+
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    home = tmp_path / "prefect"
+    result = subprocess.run([sys.executable, "-m", "pipeline.local_prefect", "--home", str(home), "--",
+                             sys.executable, "-c", CHILD], capture_output=True, text=True, env=env, timeout=180)
+    assert result.returncode == 3, result.stdout[-2000:] + result.stderr[-2000:]  # the command's exit code
+    api_url = result.stdout.split("api: ")[1].split()[0]
+    assert api_url.startswith("http://127.0.0.1:") and api_url.endswith("/api")
+    assert (home / "prefect.db").is_file()  # the runs are kept in the server's database
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{api_url}/health", timeout=2)  # the server is gone
