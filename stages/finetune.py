@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from dvclive import Live
 
-from pipeline.config import Params, load_params
+from pipeline.config import ModelParams, Params, load_params
 from pipeline.engine import resolve_device, save_checkpoint, set_deterministic, training_fingerprint
 from pipeline.finetune import MicroTensors, finetune_fold, predict
 from pipeline.ingest_micro import read_classes
@@ -32,7 +32,7 @@ ARMS = ("ma2mi", "scratch", "baseline")
 PREDICTION_COLUMNS = ["sample_id", "dataset", "source_dataset", "subject", "clip", "label", "label_name"]
 
 
-def arm_model(params: Params, arm: str) -> tuple[str, object]:
+def arm_model(params: Params, arm: str) -> tuple[str, ModelParams]:
     """``(model name, model params)`` of ``arm``: MIACNet with the ``model`` section, or the baseline model
     with the ``model`` section at ``finetune.baseline.image_size_px``."""
     if arm == "baseline":
