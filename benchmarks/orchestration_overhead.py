@@ -163,7 +163,9 @@ def fold_throughput(worker_counts: list[int]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--demo-wall-s", type=float, default=551.0, help="wall time of a demo dvc repro to compare with (551 s: revision e20d5a7, ephemeral API per stage)")
+    parser.add_argument("--demo-wall-s", type=float, default=551.0,
+                        help="wall time of a demo dvc repro to compare with (551 s: revision e20d5a7, ephemeral API "
+                             "per stage)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args(argv)
