@@ -64,14 +64,15 @@ def finetune_flow(arm: str, fold: int, params_path: str = "params.yaml") -> dict
     logger.info("fold %d: test subject %s (%d samples), %d training samples, arm %s (%s, %d px), seeds %s, %s",
                 fold, split.test_subject, len(split.test_idx), len(split.train_idx), arm, model_name,
                 model_params.image_size_px, params.finetune.seeds, device)
+    # one fingerprint for every seed, its inputs hashed once: each seed's state file (seed<s>.pt) names its seed
+    recipe = params.finetune.model_dump(mode="json", exclude={"folds", "baseline", "seeds"})
+    fingerprint = training_fingerprint({"model": model_params.model_dump(mode="json"), "model_name": model_name,
+                                        "arm": arm, "fold": fold, "recipe": recipe}, inputs)
     state_dir = params.paths.checkpoint_dir / "finetune" / arm / f"fold{fold}"
     out_dir = params.paths.finetune_dir / arm / f"fold{fold}"
     tables = []
     with atomic_dir(out_dir) as out:
         for seed in params.finetune.seeds:
-            recipe = params.finetune.model_dump(mode="json", exclude={"folds", "baseline"})
-            fingerprint = training_fingerprint({"model": model_params.model_dump(mode="json"), "model_name": model_name,
-                                                "arm": arm, "fold": fold, "seed": seed, "recipe": recipe}, inputs)
             with Live(dir=str(out / "dvclive" / f"seed{seed}"), save_dvc_exp=False, dvcyaml=None) as live:
                 def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
                     for key, value in metrics.items():
