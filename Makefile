@@ -1,6 +1,6 @@
 # Two entry points (see README.md):
 #   make demo  — install into .venv, then `dvc repro` the whole pipeline on the embedded demo
-#   make test  — install into .venv (with test extras), then run the test suite
+#   make test  — install into .venv (with test extras), then lint (ruff) and run the test suite (pytest)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -25,5 +25,7 @@ demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pipeline.local_prefect -- dvc repro
 	PATH="$(CURDIR)/$(BIN):$$PATH" dvc metrics show
 
+# lint first (ruff, rules in pyproject.toml), then every test and the library's doctests
 test: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" ruff check .
 	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest

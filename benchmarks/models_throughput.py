@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import ModelParams, load_params
-from pipeline.models import MA2MI, MODELS, create_model
+from pipeline.models.ma2mi import MA2MI
 from pipeline.models.mmnet import MMNET_IMAGE_SIZE_PX
+from pipeline.models.registry import MODELS, create_model
 
 log = logging.getLogger("models_throughput")
 

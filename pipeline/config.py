@@ -7,7 +7,7 @@ the sections they declare in ``dvc.yaml``.
 Example:
     >>> from pipeline.config import load_params
     >>> params = load_params("params.yaml")
-    >>> params.finetune.epochs > 0
+    >>> params.finetune.recipe.epochs > 0
     True
 """
 
@@ -29,6 +29,7 @@ __all__ = [
     "Params",
     "PathsParams",
     "PretrainParams",
+    "RecipeParams",
     "SamplesParams",
     "SynthesizeParams",
     "load_params",
@@ -128,10 +129,10 @@ class MacroParams(_Section):
 
 
 class MicroParams(_Section):
-    dataset: Literal["demo", "casme2", "samm", "smic", "casme3", "mmew", "megc2019"]
+    dataset: str  # a key of pipeline.datasets.ADAPTERS (demo, casme2, samm, smic, casme3, mmew, megc2019)
     root: Path  # dataset root; for megc2019 it holds casme2/, samm/, smic/ each in its own layout
     annotation: Path | None  # the annotation file; None = the dataset's standard file under root
-    protocol: Literal["native", "casme2-5class", "megc2019-3class"]
+    protocol: str  # native, or a key of pipeline.datasets.protocols.PROTOCOLS
     apex_outside: Literal["middle", "drop"]  # apex outside [onset, offset]: use the middle frame, or drop
     casme2_frames: Literal["cropped", "raw"]
     smic_labels: Literal["folders", "sheet"]  # SMIC-HS: labels from folders (HS/s1/micro/<class>/…) | HS-E sheet
@@ -187,21 +188,27 @@ class PretrainParams(_Section):
 class BaselineParams(_Section):
     """The published baseline arm, trained on the same folds and seeds with the same recipe as MIACNet."""
 
-    model: Literal["mmnet", "resnet18-diff"]
+    model: str  # a classifier of pipeline.models.registry.MODELS (e.g. mmnet, resnet18-diff)
     image_size_px: int = Field(ge=16)  # the baseline's input side (MMNet's reference: 224, the only size it takes)
     folds: list[int]  # [] = the arm is off; else exactly finetune.folds
 
 
-class FinetuneParams(_Section):
+def _distinct_naturals(value: list[int], name: str) -> list[int]:
+    if len(set(value)) != len(value) or min(value) < 0:
+        raise ValueError(f"{name} must be distinct non-negative integers, got {value}")
+    return value
+
+
+class RecipeParams(_Section):
+    """How every arm is fine-tuned (``finetune.recipe``): every fine-tuning stage declares this one section."""
+
     seeds: list[int] = Field(min_length=1)  # each fold stage trains once per seed; evaluate gives mean ± std
     device: Device
     deterministic: bool  # torch.use_deterministic_algorithms (bitwise-repeatable, can be slower on GPU)
-    folds: list[int] = Field(min_length=1)  # LOSO fold index into the sorted subject list
-    baseline: BaselineParams
-    epochs: int = Field(ge=1)
+    epochs: int = Field(ge=1)  # fixed: no epoch is ever chosen on the test subject
     batch_size: int = Field(ge=1)
     lr: float = Field(gt=0)
-    encoder_lr_scale: float = Field(ge=0)
+    encoder_lr_scale: float = Field(ge=0)  # lr multiplier of pre-trained branches
     weight_decay: float = Field(ge=0)
     label_smoothing: float = Field(ge=0, lt=1)
     schedule: Literal["cosine", "exponential"]  # cosine to 0 over epochs | lr * lr_gamma**min(epoch, decay_epochs)
@@ -211,12 +218,23 @@ class FinetuneParams(_Section):
     rotate_deg: float = Field(ge=0)
     translate_px: int = Field(ge=0)  # random shift of up to ± this many px, zero fill (= RandomCrop with padding)
 
-    @field_validator("folds", "seeds")
+    @field_validator("seeds")
     @classmethod
     def _unique(cls, value: list[int], info) -> list[int]:
-        if len(set(value)) != len(value) or min(value) < 0:
-            raise ValueError(f"{info.field_name} must be distinct non-negative integers, got {value}")
-        return value
+        return _distinct_naturals(value, info.field_name)
+
+
+class FinetuneParams(_Section):
+    """The ablation (``finetune``): which LOSO folds run, the baseline arm, and the recipe every arm shares."""
+
+    folds: list[int] = Field(min_length=1)  # LOSO fold index into the sorted subject list
+    baseline: BaselineParams
+    recipe: RecipeParams
+
+    @field_validator("folds")
+    @classmethod
+    def _unique(cls, value: list[int], info) -> list[int]:
+        return _distinct_naturals(value, info.field_name)
 
     @model_validator(mode="after")
     def _baseline_folds(self) -> FinetuneParams:
@@ -224,16 +242,6 @@ class FinetuneParams(_Section):
             raise ValueError(f"baseline.folds {self.baseline.folds} must be [] (arm off) or the same folds as "
                              f"finetune.folds {self.folds}: the arms are compared on the same folds")
         return self
-
-    @property
-    def arms(self) -> list[str]:
-        """The fine-tuning arms (``finetune_<arm>`` stages) that evaluate compares: ``ma2mi``, ``scratch``, and
-        ``baseline`` when ``baseline.folds`` is not empty."""
-        return ["ma2mi", "scratch"] + (["baseline"] if self.baseline.folds else [])
-
-    def arm_label(self, arm: str) -> str:
-        """The name results carry: the arm's, but the model's for the baseline (e.g. ``mmnet``)."""
-        return self.baseline.model if arm == "baseline" else arm
 
 
 class Params(_Section):

@@ -28,8 +28,6 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from pipeline.engine import resolve_device
-
 __all__ = [
     "RankInfo",
     "all_gather_objects",
@@ -39,6 +37,7 @@ __all__ = [
     "process_group",
     "rank_info",
     "rank_seed",
+    "resolve_device",
     "run_torchrun",
     "torchrun_command",
     "wrap_ddp",
@@ -50,10 +49,28 @@ _FAILED = re.compile(r"\brank (\d+) failed: (.*)")  # the line process_group log
 _TORCHRUN_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
+def resolve_device(name: str) -> torch.device:
+    """The device of ``pretrain.device`` / ``finetune.recipe.device``.
+
+    ``'auto'`` gives CUDA when present, else CPU; on CPU torch gets every core this process may use.
+
+    Raises:
+        RuntimeError: ``'cuda'`` without a GPU.
+    """
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but no CUDA device is available")
+    if name == "cpu":
+        torch.set_num_threads(len(os.sched_getaffinity(0)))
+    return torch.device(name)
+
+
 @dataclass(frozen=True)
 class RankInfo:
     """This process's place in the process group: ``rank`` in ``[0, world_size)``, ``local_rank`` on this
-    machine (= the GPU index on CUDA); ``(0, 0, 1)`` without a process group."""
+    machine (= the GPU index on CUDA); ``(0, 0, 1)`` without a process group.
+    """
 
     rank: int = 0
     local_rank: int = 0
@@ -74,7 +91,8 @@ def rank_info() -> RankInfo:
 
 def rank_seed(seed: int, rank: int) -> int:
     """Seed of ``rank``'s own random streams: ``seed`` itself on rank 0 (so a single process, rank 0 of 1,
-    draws exactly what it drew before DDP existed), a 32-bit ``SeedSequence((seed, rank))`` draw on the others."""
+    draws exactly what it drew before DDP existed), a 32-bit ``SeedSequence((seed, rank))`` draw on the others.
+    """
     if rank == 0:
         return seed
     return int(np.random.SeedSequence((seed, rank)).generate_state(1)[0])
@@ -97,7 +115,7 @@ def process_group(device: str) -> Iterator[tuple[RankInfo, torch.device]]:
     """Join the process group of the ``torchrun`` that started this process; leave it on exit, also on errors.
 
     Args:
-        device: ``'auto'``, ``'cpu'`` or ``'cuda'`` (as in :func:`pipeline.engine.resolve_device`). On CUDA the
+        device: ``'auto'``, ``'cpu'`` or ``'cuda'`` (as in :func:`resolve_device`). On CUDA the
             rank takes ``cuda:<LOCAL_RANK>`` and NCCL; on CPU, gloo and ``cores // LOCAL_WORLD_SIZE`` threads.
 
     Yields:
@@ -180,7 +198,8 @@ def all_gather_objects(obj: Any) -> list[Any]:
 
 def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
     """Overwrite every buffer of ``module`` (e.g. BatchNorm running statistics, which each rank updates from
-    its own batches) with rank ``src``'s, in place; nothing without a process group."""
+    its own batches) with rank ``src``'s, in place; nothing without a process group.
+    """
     if rank_info().world_size == 1:
         return
     for buffer in module.buffers():
@@ -189,7 +208,8 @@ def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
 
 def torchrun_command(nproc: int, module: str, args: Sequence[str] = ()) -> list[str]:
     """``python -m torch.distributed.run --standalone --nproc-per-node=<nproc> -m <module> <args>``, with this
-    interpreter."""
+    interpreter.
+    """
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
             "-m", module, *args]
 

@@ -1,7 +1,13 @@
-"""The training engine shared by pre-training and fine-tuning: device, seeds, one epoch, evaluation, checkpoints.
+"""The training engine of pre-training and fine-tuning: one loop (:func:`fit`), one training-state format.
 
 A *step function* ``step(model, batch) -> (loss, metrics)`` adapts the engine to a task: ``loss`` is a scalar
 tensor to minimise, ``metrics`` a dict of floats averaged over the epoch (weighted by batch size).
+
+:func:`fit` runs the epochs and, after each, saves the full training state, so a killed run resumes exactly
+where it stopped: weights, optimizer, scheduler, the finished epoch, the per-epoch history and every random
+stream of every rank (Python, NumPy, torch CPU and CUDA, plus the caller's named generators: batch order, pair
+sampling). In a process group of several ranks (``torchrun``, :mod:`pipeline.distributed`) rank 0 writes the
+state with every rank's streams, and each rank resumes its own.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import logging
 import os
 import random
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +26,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from pipeline.distributed import all_gather_objects, rank_info
 from pipeline.io import atomic_path, sha256_file
 
 __all__ = [
+    "Batch",
+    "RandomStream",
+    "StepFn",
     "evaluate",
-    "resolve_device",
-    "resume_training_state",
+    "fit",
     "save_checkpoint",
-    "save_training_state",
     "seed_everything",
     "set_deterministic",
     "to_device",
@@ -39,17 +47,7 @@ log = logging.getLogger(__name__)
 
 Batch = dict[str, torch.Tensor]
 StepFn = Callable[[nn.Module, Batch], tuple[torch.Tensor, dict[str, float]]]
-
-
-def resolve_device(name: str) -> torch.device:
-    """``'auto'`` → CUDA when present, else CPU; ``'cuda'`` without a GPU raises RuntimeError."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but no CUDA device is available")
-    if name == "cpu":
-        torch.set_num_threads(len(os.sched_getaffinity(0)))
-    return torch.device(name)
+RandomStream = torch.Generator | np.random.Generator
 
 
 def seed_everything(seed: int) -> None:
@@ -66,8 +64,10 @@ def _autocast(device: torch.device):
 
 def to_device(model: nn.Module, device: torch.device) -> nn.Module:
     """``model`` on ``device``; on CUDA also in channels-last memory format (faster convolutions with bf16).
+
     Channels-last stays off on CPU: on torch 2.15's CPU build it corrupted the backward pass of 1x1 stride-2
-    convolutions for odd batch sizes."""
+    convolutions for odd batch sizes.
+    """
     model = model.to(device)
     return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
 
@@ -99,6 +99,15 @@ class _WeightedMeans:
 def train_one_epoch(model: nn.Module, batches: Iterable[Batch], step: StepFn, optimizer: torch.optim.Optimizer,
                     device: torch.device, desc: str = "train", progress: bool = True) -> dict[str, float]:
     """One pass over ``batches``: forward under autocast, backward, optimizer step.
+
+    Args:
+        model: what ``step`` calls (e.g. a DDP wrapper).
+        batches: dicts of tensors, moved to ``device`` here.
+        step: the step function.
+        optimizer: steps once per batch.
+        device: where the model lives.
+        desc: names the progress bar and the batch in errors.
+        progress: show a tqdm bar (when the output is a terminal).
 
     Returns:
         The batch-size-weighted means of ``loss`` and of every metric the step function returned.
@@ -146,7 +155,9 @@ def save_checkpoint(path: str | Path, **state: Any) -> None:
 
 def set_deterministic(enabled: bool) -> None:
     """Ask torch for deterministic kernels (``torch.use_deterministic_algorithms``; cuDNN autotuning off).
-    Some CUDA ops then need ``CUBLAS_WORKSPACE_CONFIG=:4096:8``, which is set when absent."""
+
+    Some CUDA ops then need ``CUBLAS_WORKSPACE_CONFIG=:4096:8``, which is set when absent.
+    """
     if enabled:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(enabled)
@@ -154,49 +165,132 @@ def set_deterministic(enabled: bool) -> None:
 
 
 def training_fingerprint(sections: dict[str, Any], inputs: list[Path]) -> str:
-    """Identifies the run a training state belongs to: the JSON of ``sections`` (params and run choices) and the
-    sha256 of every input file, so a state saved under other params or other data is never resumed."""
+    """Identify the run a training state belongs to.
+
+    Args:
+        sections: params and run choices (JSON-serialisable).
+        inputs: files whose bytes shape the run (hashed with sha256).
+
+    Returns:
+        A JSON string: a state saved under other params or other data is never resumed.
+    """
     return json.dumps({**sections, "inputs": [sha256_file(path) for path in inputs]}, sort_keys=True)
 
 
-def save_training_state(path: Path, fingerprint: str, epoch: int, model: nn.Module,
-                        optimizer: torch.optim.Optimizer, scheduler: Any, generator: torch.Generator,
-                        history: list[dict[str, float]], extra: dict | None = None) -> None:
-    """Everything a killed run needs to continue exactly: weights, optimizer, scheduler, the finished ``epoch``
-    (0-based), every RNG (Python, NumPy, torch CPU and CUDA, the batch ``generator``), the per-epoch
-    ``history`` and the caller's ``extra`` state (e.g. a ``numpy.random.Generator``'s state); written
-    atomically. ``fingerprint`` identifies the configuration it belongs to."""
-    save_checkpoint(
-        path, fingerprint=fingerprint, epoch=epoch, model=model.state_dict(), optimizer=optimizer.state_dict(),
-        scheduler=scheduler.state_dict(), generator=generator.get_state(), history=history, extra=extra or {},
-        rng={"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-    )
+def _capture_streams(streams: Mapping[str, RandomStream], device: torch.device) -> dict:
+    """This process's random streams: Python, NumPy, torch CPU (and this rank's CUDA device), the named ones."""
+    named = {name: s.get_state() if isinstance(s, torch.Generator) else s.bit_generator.state
+             for name, s in streams.items()}
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None, "streams": named}
 
 
-def resume_training_state(path: Path, fingerprint: str, model: nn.Module, optimizer: torch.optim.Optimizer,
-                          scheduler: Any, generator: torch.Generator) -> tuple[int, list[dict[str, float]], dict]:
-    """Restore a :func:`save_training_state` file if it exists and matches ``fingerprint``.
+def _restore_streams(state: dict, streams: Mapping[str, RandomStream], device: torch.device) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+    for name, stream in streams.items():
+        if isinstance(stream, torch.Generator):
+            stream.set_state(state["streams"][name])
+        else:
+            stream.bit_generator.state = state["streams"][name]
 
-    Returns:
-        ``(first_epoch, history, extra)``: the epoch to run next (0 when there is nothing to resume), the
-        finished epochs' metrics and the caller's extra state ({} when nothing is resumed). A state of another
-        configuration is ignored (and logged), never mixed in.
-    """
+
+def _save_state(path: Path, fingerprint: str, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                scheduler: Any, history: list[dict[str, float]], streams: Mapping[str, RandomStream],
+                device: torch.device) -> None:
+    """Rank 0 writes the training state with every rank's random streams (a collective: every rank calls it)."""
+    ranks = all_gather_objects(_capture_streams(streams, device))
+    if rank_info().is_main:
+        save_checkpoint(path, fingerprint=fingerprint, epoch=epoch, model=model.state_dict(),
+                        optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), history=history,
+                        ranks=ranks)
+
+
+def _resume_state(path: Path, fingerprint: str, model: nn.Module, optimizer: torch.optim.Optimizer,
+                  scheduler: Any, streams: Mapping[str, RandomStream],
+                  device: torch.device) -> tuple[int, list[dict[str, float]]]:
+    """Restore a :func:`_save_state` file if it exists and matches; ``(first epoch to run, history)``."""
     if not path.is_file():
-        return 0, [], {}
+        return 0, []
     state = torch.load(path, map_location="cpu", weights_only=False)  # our own file: RNG states are pickled
+    world = rank_info()
     if state["fingerprint"] != fingerprint:
         log.warning("%s belongs to another configuration; starting from epoch 1", path)
-        return 0, [], {}
+        return 0, []
+    if len(state["ranks"]) != world.world_size:
+        raise RuntimeError(f"{path} was saved by {len(state['ranks'])} processes, this run has {world.world_size}")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    generator.set_state(state["generator"])
-    random.setstate(state["rng"]["python"])
-    np.random.set_state(state["rng"]["numpy"])
-    torch.set_rng_state(state["rng"]["torch"])
-    if state["rng"]["cuda"]:
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    _restore_streams(state["ranks"][world.rank], streams, device)
     log.info("resuming from %s after epoch %d", path, state["epoch"] + 1)
-    return state["epoch"] + 1, list(state["history"]), dict(state["extra"])
+    return state["epoch"] + 1, list(state["history"])
+
+
+def fit(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, epochs: int,
+        train_batches: Callable[[int], Iterable[Batch]], step: StepFn, device: torch.device, *,
+        trained: nn.Module | None = None,
+        end_epoch: Callable[[int, dict[str, float]], dict[str, float]] | None = None,
+        streams: Mapping[str, RandomStream] | None = None, state_path: Path | None = None,
+        fingerprint: str = "", on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+        desc: str = "train", progress: bool = True) -> list[dict[str, float]]:
+    """Train for ``epochs`` epochs (the last is kept: no epoch is selected), resuming a matching saved state.
+
+    Each epoch: ``train_batches(epoch)`` gives the batches (drawn at the epoch's start, e.g. shuffled with a
+    stream of ``streams``), :func:`train_one_epoch` steps through them, the scheduler steps once, and
+    ``end_epoch(epoch, train_means)`` turns the training means into the epoch's metrics (e.g. adds held-out
+    metrics, averages over ranks; default: the training means as they are). Then the state is saved, the
+    metrics logged and ``on_epoch(epoch, metrics)`` called.
+
+    Args:
+        model: the module whose weights are trained and saved.
+        optimizer: over ``model``'s parameters.
+        scheduler: a torch LR scheduler, stepped once per epoch.
+        epochs: how many epochs in all (a resumed run trains only the missing ones).
+        train_batches: ``epoch (0-based) -> batches``.
+        step: the step function.
+        device: where ``model`` lives.
+        trained: what ``step`` calls in training (e.g. ``model`` wrapped by DDP); default ``model``.
+        end_epoch: see above; collective operations are allowed (every rank calls it).
+        streams: the caller's random generators (``torch.Generator`` or ``numpy.random.Generator``), by name;
+            saved and restored with the global ones (Python, NumPy, torch CPU and CUDA).
+        state_path: where the training state is written after every epoch (rank 0); when it exists with the
+            same ``fingerprint``, training resumes after its last epoch and ends exactly as an uninterrupted
+            run would (a finished run gives its final weights back without training). None: no saving.
+        fingerprint: identifies the configuration (see :func:`training_fingerprint`).
+        on_epoch: called with ``(epoch, metrics)`` after each epoch; after a resume, first for every epoch
+            already finished, so logged curves are whole. Under DDP, pass it on rank 0 only.
+        desc: names the run in progress bars and log lines.
+        progress: show progress bars.
+
+    Returns:
+        The per-epoch metrics, ``epochs`` entries.
+
+    Raises:
+        FloatingPointError: a NaN or infinite loss (names the epoch and batch).
+        RuntimeError: a state saved by another number of processes.
+    """
+    streams = dict(streams or {})
+    first_epoch, history = 0, []
+    if state_path is not None:
+        first_epoch, history = _resume_state(state_path, fingerprint, model, optimizer, scheduler, streams, device)
+    for epoch, metrics in enumerate(history):
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+    for epoch in range(first_epoch, epochs):
+        batches = train_batches(epoch)
+        metrics = train_one_epoch(trained if trained is not None else model, batches, step, optimizer, device,
+                                  f"{desc} epoch {epoch + 1}/{epochs}", progress)
+        scheduler.step()
+        if end_epoch is not None:
+            metrics = end_epoch(epoch, metrics)
+        history.append(metrics)
+        if state_path is not None:
+            _save_state(state_path, fingerprint, epoch, model, optimizer, scheduler, history, streams, device)
+        log.info("%s epoch %d/%d: %s", desc, epoch + 1, epochs, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+    return history

@@ -1,7 +1,9 @@
-"""Fine-tuning a classifier (MIACNet, or a baseline) on one LOSO fold (DESIGN §5, §6).
+"""Fine-tuning a classifier (MIACNet, or a baseline) on one LOSO fold, once per seed (DESIGN §5, §6).
 
 The model trains for a fixed number of epochs on every subject but the held-out one, then predicts the held-out
 subject once. Nothing is measured on the test subject during training, so no epoch can be selected on it.
+:func:`finetune_seed` is the whole per-seed job of a ``finetune_<arm>@<fold>`` stage; the stage only reads the
+inputs and writes the outputs.
 """
 
 from __future__ import annotations
@@ -14,24 +16,43 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from dvclive import Live
 from torch import nn
 
-from pipeline.config import FinetuneParams, ModelParams
+from pipeline.arms import ARMS
+from pipeline.config import ConfigError, ModelParams, Params, RecipeParams
 from pipeline.data import images_to_tensor, iterate_batches, normalise, pair_augmentation
-from pipeline.engine import (
-    Batch,
-    resume_training_state,
-    save_training_state,
-    seed_everything,
-    to_device,
-    train_one_epoch,
-)
+from pipeline.engine import Batch, fit, save_checkpoint, seed_everything, to_device
 from pipeline.loso import LosoFold
-from pipeline.models import create_model
+from pipeline.models.registry import MODELS, create_model
 
-__all__ = ["MicroTensors", "finetune_fold", "lr_scheduler", "predict"]
+__all__ = ["PREDICTION_COLUMNS", "MicroTensors", "arm_model", "finetune_fold", "finetune_seed", "lr_scheduler",
+           "predict"]
 
 log = logging.getLogger(__name__)
+
+PREDICTION_COLUMNS = ["sample_id", "dataset", "source_dataset", "subject", "clip", "label", "label_name"]
+
+
+def arm_model(params: Params, arm: str) -> tuple[str, ModelParams]:
+    """The model of ``arm``: MIACNet with the ``model`` section, or the baseline model with the ``model``
+    section at ``finetune.baseline.image_size_px``.
+
+    Returns:
+        ``(model name, model params)`` for :func:`pipeline.models.registry.create_model`.
+
+    Raises:
+        ConfigError: ``arm`` is not an arm, or ``finetune.baseline.model`` is not a model of the registry.
+    """
+    if arm not in ARMS:
+        raise ConfigError(f"{arm!r} is not an arm; known: {', '.join(ARMS)}")
+    if not ARMS[arm].baseline:
+        return "miacnet", params.model
+    baseline = params.finetune.baseline
+    if baseline.model not in MODELS:
+        raise ConfigError(f"finetune.baseline.model: {baseline.model!r} is not a model; known: "
+                          f"{', '.join(sorted(MODELS))}")
+    return baseline.model, params.model.model_copy(update={"image_size_px": baseline.image_size_px})
 
 
 class MicroTensors:
@@ -45,7 +66,8 @@ class MicroTensors:
     def batches(self, rows: np.ndarray, batch_size: int, generator: torch.Generator | None,
                 augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Iterator[Batch]:
         """Batches ``{'onset', 'apex'}: (B, 3, S, S) float32`` ImageNet-normalised and ``'label': (B,)``;
-        ``augment`` maps a ``(6, S, S) uint8`` stacked pair to an augmented one (same warp for both)."""
+        ``augment`` maps a ``(6, S, S) uint8`` stacked pair to an augmented one (same warp for both).
+        """
         rows = torch.as_tensor(rows)
         for batch in iterate_batches(len(rows), batch_size, generator):
             pick = rows[batch]
@@ -56,9 +78,10 @@ class MicroTensors:
             yield {"onset": normalise(onset), "apex": normalise(apex), "label": self.label[pick]}
 
 
-def _param_groups(model: nn.Module, params: FinetuneParams, pretrained: bool) -> list[dict]:
+def _param_groups(model: nn.Module, params: RecipeParams, pretrained: bool) -> list[dict]:
     """AdamW groups: with pre-trained branches, the branches (lr scaled by ``encoder_lr_scale``) and the fresh
-    head (``model.head_parameters()``); otherwise one group."""
+    head (``model.head_parameters()``); otherwise one group.
+    """
     if not pretrained:
         return [{"params": list(model.parameters()), "lr": params.lr}]
     head = model.head_parameters()
@@ -67,7 +90,7 @@ def _param_groups(model: nn.Module, params: FinetuneParams, pretrained: bool) ->
     return [{"params": encoder, "lr": params.lr * params.encoder_lr_scale}, {"params": head, "lr": params.lr}]
 
 
-def lr_scheduler(optimizer: torch.optim.Optimizer, params: FinetuneParams) -> torch.optim.lr_scheduler.LRScheduler:
+def lr_scheduler(optimizer: torch.optim.Optimizer, params: RecipeParams) -> torch.optim.lr_scheduler.LRScheduler:
     """The recipe's per-epoch schedule (stepped once per epoch).
 
     ``cosine``: cosine annealing from the initial lr to 0 over ``epochs``. ``exponential``: ``lr * lr_gamma **
@@ -81,23 +104,30 @@ def lr_scheduler(optimizer: torch.optim.Optimizer, params: FinetuneParams) -> to
 
 
 def finetune_fold(data: MicroTensors, fold: LosoFold, num_classes: int, model_name: str, model_params: ModelParams,
-                  params: FinetuneParams, seed: int, device: torch.device, encoder_state: dict | None,
+                  params: RecipeParams, seed: int, device: torch.device, encoder_state: dict | None,
                   on_epoch: Callable[[int, dict[str, float]], None] | None = None, progress: bool = True,
                   state_path: Path | None = None, fingerprint: str = "") -> nn.Module:
     """Train the classifier ``model_name`` on ``fold.train_idx`` for exactly ``params.epochs`` epochs.
 
     Args:
         data: the samples' crops at the model's input size (``model_params.image_size_px``).
-        model_name: a :func:`pipeline.models.create_model` name (``miacnet``, ``mmnet``, ``resnet18-diff``).
+        fold: the LOSO fold; only its training rows are seen.
+        num_classes: K.
+        model_name: a :func:`pipeline.models.registry.create_model` name (``miacnet``, ``mmnet``, …).
+        model_params: the ``model`` section (at the arm's input size).
+        params: the recipe (``finetune.recipe``).
         seed: seeds every RNG (model initialisation, batch order, augmentation) before the model is built.
+        device: where to train.
         encoder_state: pre-trained branch weights (MA2MI ``encoder_state_dict``, ``miacnet`` only), or None to
             start from scratch.
         on_epoch: called as ``on_epoch(epoch, {'loss', 'accuracy'})`` with TRAINING metrics after each epoch
             (after a resume, first for every epoch already finished, so logged curves are whole).
+        progress: show progress bars.
         state_path: where the full training state is saved after every epoch; when it exists with the same
             ``fingerprint`` (a hash of everything that shapes the run), training resumes after its last epoch
             and ends exactly as an uninterrupted run would (a finished run's state gives its final weights back
             without training). None: no saving, no resuming.
+        fingerprint: see ``state_path``.
 
     Returns:
         The trained model (eval mode).
@@ -118,25 +148,10 @@ def finetune_fold(data: MicroTensors, fold: LosoFold, num_classes: int, model_na
         loss = F.cross_entropy(logits, batch["label"], label_smoothing=params.label_smoothing)
         return loss, {"accuracy": (logits.argmax(1) == batch["label"]).float().mean().item()}
 
-    first_epoch, history = 0, []
-    if state_path is not None:
-        first_epoch, history, _ = resume_training_state(state_path, fingerprint, model, optimizer, scheduler,
-                                                        generator)
-    for epoch, train in enumerate(history):
-        if on_epoch is not None:
-            on_epoch(epoch, train)
-    for epoch in range(first_epoch, params.epochs):
-        batches = data.batches(fold.train_idx, params.batch_size, generator, augment)
-        train = train_one_epoch(model, batches, step, optimizer, device,
-                                f"fold {fold.index} seed {seed} epoch {epoch + 1}/{params.epochs}", progress)
-        scheduler.step()
-        history.append(train)
-        if state_path is not None:
-            save_training_state(state_path, fingerprint, epoch, model, optimizer, scheduler, generator, history)
-        log.info("fold %d (%s) %s seed %d epoch %d/%d: train loss %.4f, train accuracy %.3f", fold.index,
-                 fold.test_subject, model_name, seed, epoch + 1, params.epochs, train["loss"], train["accuracy"])
-        if on_epoch is not None:
-            on_epoch(epoch, train)
+    fit(model, optimizer, scheduler, params.epochs,
+        lambda epoch: data.batches(fold.train_idx, params.batch_size, generator, augment), step, device,
+        streams={"batches": generator}, state_path=state_path, fingerprint=fingerprint, on_epoch=on_epoch,
+        desc=f"fold {fold.index} ({fold.test_subject}) {model_name} seed {seed}", progress=progress)
     return model.eval()
 
 
@@ -151,3 +166,51 @@ def predict(model: nn.Module, data: MicroTensors, rows: np.ndarray, device: torc
     ]
     probs = torch.cat(probabilities).numpy()
     return probs.argmax(1), probs
+
+
+def finetune_seed(samples: pd.DataFrame, data: MicroTensors, classes: list[str], fold: LosoFold, arm: str,
+                  params: Params, seed: int, device: torch.device, encoder_state: dict | None, out: Path,
+                  state_path: Path | None = None, fingerprint: str = "") -> pd.DataFrame:
+    """One seed of a ``finetune_<arm>@<fold>`` stage: train, log the curve, save the model, predict the held-out
+    subject.
+
+    Writes into ``out``: ``dvclive/seed<s>/`` (per-epoch training loss and accuracy) and ``model_seed<s>.pt``
+    (``model`` state dict, ``model_name``, ``arm``, ``fold``, ``seed``, ``test_subject``).
+
+    Args:
+        samples: the samples table (:mod:`pipeline.micro_table`), row-aligned with ``data``.
+        data: its crops at the arm's input size.
+        classes: class names in label order.
+        fold: the LOSO fold.
+        arm: a key of :data:`pipeline.arms.ARMS`.
+        params: all params (the arm's model and ``finetune.recipe``).
+        seed: the seed of this run.
+        device: where to train.
+        encoder_state: MA2MI's branches for a pre-trained arm, else None.
+        out: the stage's output folder.
+        state_path: the seed's resumable training state (see :func:`finetune_fold`).
+        fingerprint: see :func:`finetune_fold`.
+
+    Returns:
+        The held-out subject's predictions: :data:`PREDICTION_COLUMNS`, ``predicted``, one ``prob_<class>`` per
+        class, ``arm``, ``model``, ``fold``, ``seed``; one row per test sample.
+    """
+    model_name, model_params = arm_model(params, arm)
+    with Live(dir=str(out / "dvclive" / f"seed{seed}"), save_dvc_exp=False, dvcyaml=None) as live:
+        def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            for key, value in metrics.items():
+                live.log_metric(f"train/{key}", value)
+            live.next_step()
+
+        model = finetune_fold(data, fold, len(classes), model_name, model_params, params.finetune.recipe, seed,
+                              device, encoder_state, log_epoch, state_path=state_path, fingerprint=fingerprint)
+    predicted, probs = predict(model, data, fold.test_idx, device)
+    table = samples.iloc[fold.test_idx][PREDICTION_COLUMNS].reset_index(drop=True)
+    table["predicted"] = predicted
+    table[[f"prob_{name}" for name in classes]] = probs
+    table["arm"], table["model"], table["fold"], table["seed"] = arm, model_name, fold.index, seed
+    save_checkpoint(out / f"model_seed{seed}.pt", model=model.state_dict(), model_name=model_name, arm=arm,
+                    fold=fold.index, seed=seed, test_subject=fold.test_subject)
+    log.info("fold %d (%s), %s, seed %d: accuracy %.3f on %d held-out samples", fold.index, fold.test_subject, arm,
+             seed, float((table["predicted"] == table["label"]).mean()), len(table))
+    return table

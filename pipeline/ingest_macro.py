@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import MacroParams, MacroSource
-from pipeline.datasets.common import read_table
 from pipeline.io import encode_png
+from pipeline.sheets import read_table
 from pipeline.video import (
     HaarFaceDetector,
     VideoDecodeError,

@@ -6,7 +6,6 @@ transform, computed on its onset frame, and the same transform is applied to its
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from pipeline.datasets import load_dataset
 from pipeline.io import encode_png
 from pipeline.video import HaarFaceDetector, crop_matrix, warp_face
 
-__all__ = ["align_clip", "ingest_micro", "read_classes", "read_image"]
+__all__ = ["align_clip", "ingest_micro", "read_image", "summarise", "summary_markdown"]
 
 log = logging.getLogger(__name__)
 
@@ -109,13 +108,32 @@ def ingest_micro(params: MicroParams, progress: bool = True) -> tuple[pd.DataFra
     return samples, dropped, classes
 
 
-def read_classes(micro_dir: Path) -> list[str]:
-    """Class names in label order, as ``ingest_micro`` wrote them to ``micro_dir/summary.json``.
+def summarise(samples: pd.DataFrame, dropped: pd.DataFrame, classes: list[str], protocol: str) -> dict:
+    """Human-readable counts: per class (every class listed), per subject, per source; every dropped row."""
+    per_class = samples["label_name"].value_counts()
+    return {
+        "protocol": protocol,
+        "classes": classes,
+        "samples": len(samples),
+        "subjects": int(samples["subject"].nunique()),
+        "per_class": {name: int(per_class.get(name, 0)) for name in classes},
+        "per_subject": samples["subject"].value_counts().sort_index().to_dict(),
+        "per_source": samples["source_dataset"].value_counts().to_dict(),
+        "dropped": len(dropped),
+        "dropped_rows": dropped.to_dict("records"),
+    }
 
-    Raises:
-        FileNotFoundError: no summary (run the ingest_micro stage).
-    """
-    path = micro_dir / "summary.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; run `dvc repro ingest_micro`")
-    return list(json.loads(path.read_text())["classes"])
+
+def summary_markdown(samples: pd.DataFrame, dropped: pd.DataFrame, summary: dict) -> str:
+    """The summary as a Markdown report: totals, counts per class, per subject, per source, and every drop."""
+    counts = pd.crosstab(samples["subject"], samples["label_name"], margins=True, margins_name="total")
+    by_source = samples.groupby("source_dataset").agg(samples=("sample_id", "size"), subjects=("subject", "nunique"))
+    reasons = dropped[["source_dataset", "sheet_row", "subject", "clip", "reason"]]
+    return "\n\n".join([
+        f"# Micro-expression samples ({summary['protocol']})",
+        f"{summary['samples']} samples from {summary['subjects']} subjects; {summary['dropped']} annotation rows "
+        f"dropped. Classes in label order: {', '.join(summary['classes'])}.",
+        "## Per source\n\n" + by_source.to_markdown(),
+        "## Per subject and class\n\n" + counts.to_markdown(),
+        "## Dropped annotation rows\n\n" + (reasons.to_markdown(index=False) if len(reasons) else "None."),
+    ]) + "\n"

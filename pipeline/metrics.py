@@ -25,13 +25,14 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels:
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "uf1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
         "uar": float(recall_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
-        "n": int(len(y_true)),
+        "n": len(y_true),
     }
 
 
 def per_group_metrics(predictions: pd.DataFrame, group: str, labels: Sequence[int]) -> pd.DataFrame:
     """One row of :func:`classification_metrics` per value of column ``group`` of ``predictions``
-    (columns ``label``, ``predicted``); e.g. per subject."""
+    (columns ``label``, ``predicted``); e.g. per subject.
+    """
     rows = [{group: key, **classification_metrics(part["label"], part["predicted"], labels)}
             for key, part in predictions.groupby(group, sort=True)]
     return pd.DataFrame(rows)
@@ -45,7 +46,8 @@ def confusion(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[int
 def seed_summary(per_seed: pd.DataFrame, columns: Sequence[str] = ("accuracy", "uf1", "uar")) -> dict[str, float | None]:
     """Mean and sample standard deviation (ddof = 1) over seeds: ``{'<col>': mean, '<col>_std': std, 'seeds': n}``
     for each of ``columns`` of ``per_seed`` (one row per seed). The std is None with a single seed, where it is
-    undefined."""
+    undefined.
+    """
     if per_seed.empty:
         raise ValueError("seed_summary: no seed to summarise")
     summary: dict[str, float | None] = {}

@@ -1,11 +1,12 @@
 """Prefect glue shared by the stages (DESIGN §7).
 
 DVC decides what is stale; each DVC stage's command runs one Prefect flow in-process. With no
-``PREFECT_API_URL`` Prefect starts an ephemeral local API (about 5 s per process on a 2-core machine); with a
+``PREFECT_API_URL`` Prefect starts an ephemeral local API (about 7 s per process on a 2-core machine); with a
 server (``prefect server start``) the runs, logs and artifacts appear in the UI. Prefect task caching is off for
 stage work (``cache_policy=NONE``): a cache keyed on arguments would hide changed files from DVC.
 
-Import this module before ``prefect`` so its environment defaults apply.
+Nothing here acts at import time: :func:`run_stage` applies the project's Prefect defaults when the flow starts,
+so a stage may import its modules in any order.
 """
 
 from __future__ import annotations
@@ -16,15 +17,13 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-# Defaults only: a user's own settings win. Analytics off: it also races the ephemeral SQLite database.
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pipeline")  # library logs go to the flow run's log
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never fetch weights from a hub at run time
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NONE as NO_CACHE
+from prefect.settings import PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
 
-from prefect import flow, get_run_logger, task  # noqa: E402
-from prefect.cache_policies import NONE as NO_CACHE  # noqa: E402
+__all__ = ["NO_CACHE", "flow", "get_run_logger", "route_library_logs", "run_stage", "stage_task", "task"]
 
-__all__ = ["NO_CACHE", "flow", "get_run_logger", "run_stage", "stage_task", "task"]
+LIBRARY_LOGGER = "pipeline"
 
 
 def stage_task(fn: Callable | None = None, **kwargs: Any):
@@ -33,14 +32,38 @@ def stage_task(fn: Callable | None = None, **kwargs: Any):
     return task(fn, **kwargs) if fn is not None else task(**kwargs)
 
 
+def route_library_logs() -> None:
+    """Send the library's log records (the ``pipeline`` loggers) at INFO and above to the flow run's log.
+
+    This is what ``PREFECT_LOGGING_EXTRA_LOGGERS=pipeline`` does when it is set before ``prefect`` is imported,
+    done at run time instead. Prefect leaves the root logger at WARNING, which would hide the library's INFO
+    lines (per-epoch numbers, resumes, drops): the ``pipeline`` logger gets its own level. Idempotent.
+    """
+    library = logging.getLogger(LIBRARY_LOGGER)
+    for handler in logging.getLogger("prefect.extra").handlers:
+        if handler not in library.handlers:
+            library.addHandler(handler)
+    library.setLevel(logging.INFO)
+
+
 def run_stage(stage_flow: Callable[..., Any], **kwargs: Any) -> Any:
-    """Run ``stage_flow(**kwargs)`` as a stage's ``main()``: configures logging and exits non-zero on failure
-    with the error message on stderr (DVC then marks the stage failed and keeps the previous outputs)."""
-    # Prefect routes the `pipeline` loggers (PREFECT_LOGGING_EXTRA_LOGGERS) but leaves the root at WARNING, which
-    # would hide the library's INFO lines (per-epoch numbers, resumes, drops): give them their own level.
-    logging.getLogger("pipeline").setLevel(logging.INFO)
+    """Run ``stage_flow(**kwargs)`` as a stage's ``main()``.
+
+    Routes the library's logs into the run (:func:`route_library_logs`), turns Prefect's server analytics off
+    unless the user set ``PREFECT_SERVER_ANALYTICS_ENABLED`` (it also races the ephemeral SQLite database), and
+    exits non-zero on failure with the error message on stderr (DVC then marks the stage failed).
+
+    Returns:
+        What the flow returned.
+
+    Raises:
+        SystemExit: the flow raised; the exit status is 1.
+    """
+    route_library_logs()
+    updates = {} if "PREFECT_SERVER_ANALYTICS_ENABLED" in os.environ else {PREFECT_SERVER_ANALYTICS_ENABLED: False}
     try:
-        return stage_flow(**kwargs)
+        with temporary_settings(updates=updates):
+            return stage_flow(**kwargs)
     except Exception as err:  # report the message, not only Prefect's traceback
         print(f"stage failed: {type(err).__name__}: {err}", file=sys.stderr)
         raise SystemExit(1) from err

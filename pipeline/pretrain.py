@@ -14,23 +14,23 @@ optimizer step sees ``batch_size`` pairs, as in one process. The metrics are ave
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from dvclive import Live
 from torch import nn
 
-from pipeline.config import ModelParams, PretrainParams
+from pipeline.config import ModelParams, Params, PretrainParams
 from pipeline.data import FuturePairSampler, images_to_tensor, iterate_batches, normalise
-from pipeline.distributed import (RankInfo, all_gather_objects, all_reduce_means, broadcast_buffers, rank_info,
-                                  rank_seed, wrap_ddp)
-from pipeline.engine import Batch, evaluate, resume_training_state, save_training_state, to_device, train_one_epoch
+from pipeline.distributed import all_reduce_means, broadcast_buffers, rank_info, rank_seed, wrap_ddp
+from pipeline.engine import Batch, evaluate, fit, save_checkpoint, seed_everything, to_device, training_fingerprint
+from pipeline.io import write_json
 from pipeline.models.ma2mi import MA2MI
 
-__all__ = ["load_macro_frames", "pretrain", "split_heldout"]
+__all__ = ["load_macro_frames", "pretrain", "split_heldout", "train_and_save", "training_state_path"]
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,8 @@ def split_heldout(index: pd.DataFrame, heldout_videos: list[str]) -> np.ndarray:
 def _pair_batches(images: torch.Tensor, sources: np.ndarray, futures: np.ndarray, batch_size: int,
                   generator: torch.Generator | None) -> Iterator[Batch]:
     """Batches ``{'source', 'future'}``: ``(B, 3, H, W) float32`` ImageNet-normalised; with a generator, pairs
-    are shuffled and each pair is mirrored with probability 1/2 (both frames alike)."""
+    are shuffled and each pair is mirrored with probability 1/2 (both frames alike).
+    """
     for batch in iterate_batches(len(sources), batch_size, generator):
         rows = batch.numpy()
         source, future = images[sources[rows]], images[futures[rows]]  # (B, 3, H, W) uint8 copies
@@ -84,7 +85,8 @@ def _pair_batches(images: torch.Tensor, sources: np.ndarray, futures: np.ndarray
 
 class _Losses(nn.Module):
     """``MA2MI.losses`` as a module's ``forward``: DDP synchronises gradients only for calls through its own
-    ``forward``, so the training step calls this module (wrapped by DDP under torchrun), never the method."""
+    ``forward``, so the training step calls this module (wrapped by DDP under torchrun), never the method.
+    """
 
     def __init__(self, model: MA2MI) -> None:
         super().__init__()
@@ -97,24 +99,6 @@ class _Losses(nn.Module):
 def _step(losses: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
     out = losses(batch["source"], batch["future"])
     return out["recon_loss"], {"recon_loss": out["recon_loss"].item(), "copy_loss": out["copy_loss"].item()}
-
-
-def _rank_state(generator: torch.Generator, rng: np.random.Generator, device: torch.device) -> dict:
-    """This rank's random streams: batch generator, pair sampler, and the global ones (Python, NumPy, torch)."""
-    return {"generator": generator.get_state(), "pair_rng": rng.bit_generator.state, "python": random.getstate(),
-            "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-
-
-def _restore_rank_state(state: dict, generator: torch.Generator, rng: np.random.Generator,
-                        device: torch.device) -> None:
-    generator.set_state(state["generator"])
-    rng.bit_generator.state = state["pair_rng"]
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] is not None:
-        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def pretrain(index: pd.DataFrame, images: torch.Tensor, model_params: ModelParams, params: PretrainParams,
@@ -165,50 +149,72 @@ def pretrain(index: pd.DataFrame, images: torch.Tensor, model_params: ModelParam
     optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=params.epochs)
     generator = torch.Generator().manual_seed(rank_seed(params.seed, world.rank))
-    first_epoch, history, extra = 0, [], {}
-    if state_path is not None:
-        first_epoch, history, extra = resume_training_state(state_path, fingerprint, model, optimizer, scheduler,
-                                                            generator)
-    if "ranks" in extra:
-        _restore_rank_state(extra["ranks"][world.rank], generator, rng, device)
-    elif "pair_rng" in extra:
-        rng.bit_generator.state = extra["pair_rng"]
-    trained = wrap_ddp(losses, device)
-    for epoch, metrics in enumerate(history):
-        if on_epoch is not None:
-            on_epoch(epoch, metrics)
-    metrics: dict[str, float] = history[-1] if history else {}
-    for epoch in range(first_epoch, params.epochs):
+
+    def train_batches(epoch: int) -> Iterator[Batch]:
         src, fut = train_sampler.sample(share, rng)
-        batches = _pair_batches(images, train_rows[src], train_rows[fut], batch_size, generator)
-        train = train_one_epoch(trained, batches, _step, optimizer, device, f"pretrain {epoch + 1}/{params.epochs}",
-                                progress)
-        scheduler.step()
+        return _pair_batches(images, train_rows[src], train_rows[fut], batch_size, generator)
+
+    def end_epoch(epoch: int, train: dict[str, float]) -> dict[str, float]:
         broadcast_buffers(model)  # each rank updated BatchNorm statistics from its own batches
         held = evaluate(losses, _pair_batches(images, heldout_src, heldout_fut, batch_size, None), _step, device)
         train, held = all_reduce_means(train, share, device), all_reduce_means(held, len(heldout_src), device)
         metrics = {**{f"train_{k}": v for k, v in train.items() if k != "loss"},
                    **{f"heldout_{k}": v for k, v in held.items() if k != "loss"}}
         metrics["heldout_recon_over_copy"] = metrics["heldout_recon_loss"] / metrics["heldout_copy_loss"]
-        history.append(metrics)
-        if state_path is not None:
-            _save_state(state_path, fingerprint, epoch, model, optimizer, scheduler, generator, rng, history,
-                        world, device)
-        log.info("pretrain epoch %d/%d: %s", epoch + 1, params.epochs,
-                 ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-        if on_epoch is not None:
-            on_epoch(epoch, metrics)
-    return model, metrics
+        return metrics
+
+    history = fit(model, optimizer, scheduler, params.epochs, train_batches, _step, device,
+                  trained=wrap_ddp(losses, device), end_epoch=end_epoch,
+                  streams={"batches": generator, "pairs": rng}, state_path=state_path, fingerprint=fingerprint,
+                  on_epoch=on_epoch, desc="pretrain", progress=progress)
+    return model, history[-1]
 
 
-def _save_state(path: Path, fingerprint: str, epoch: int, model: MA2MI, optimizer: torch.optim.Optimizer,
-                scheduler: torch.optim.lr_scheduler.LRScheduler, generator: torch.Generator,
-                rng: np.random.Generator, history: list[dict[str, float]], world: RankInfo,
-                device: torch.device) -> None:
-    """Rank 0 saves the training state; under DDP with every rank's random streams (a collective: every rank
-    calls it)."""
-    extra: dict = {"pair_rng": rng.bit_generator.state}
-    if world.world_size > 1:
-        extra["ranks"] = all_gather_objects(_rank_state(generator, rng, device))
-    if world.is_main:
-        save_training_state(path, fingerprint, epoch, model, optimizer, scheduler, generator, history, extra=extra)
+def training_state_path(params: Params) -> Path:
+    """Where the resumable training state lives while the stage runs (removed by the stage on success)."""
+    return params.paths.checkpoint_dir / "pretrain.pt"
+
+
+def train_and_save(params: Params, out: Path, device: torch.device,
+                   logger: logging.Logger | logging.LoggerAdapter) -> dict[str, float]:
+    """Pre-train MA2MI on ``params.paths.macro_dir``; rank 0 writes the outputs into ``out``.
+
+    The whole job of the ``pretrain`` stage, in one process or in every rank of ``torchrun``. Outputs (rank 0;
+    the same files whatever the number of ranks): ``encoder.pt`` (``encoder``: the branch weights,
+    ``model_params``, ``metrics``), ``metrics.json`` (the metrics rounded to 6 decimals) and ``dvclive/`` (one
+    step per epoch).
+
+    Args:
+        params: all params (``model``, ``pretrain``, the paths).
+        out: the output folder.
+        device: this rank's device.
+        logger: where the start-up line goes (the flow's logger, or the rank's).
+
+    Returns:
+        The last epoch's metrics (see :func:`pretrain`), the same on every rank.
+
+    Raises:
+        FileNotFoundError, ValueError: as :func:`load_macro_frames` and :func:`pretrain`.
+    """
+    world = rank_info()
+    seed_everything(rank_seed(params.pretrain.seed, world.rank))
+    index, images = load_macro_frames(params.paths.macro_dir, params.model.image_size_px)
+    logger.info("%d frames from %d videos on %s (rank %d of %d)", len(index), index["video"].nunique(), device,
+                world.rank, world.world_size)
+    fingerprint = training_fingerprint({"model": params.model.model_dump(mode="json"),
+                                        "pretrain": params.pretrain.model_dump(mode="json")},
+                                       sorted(params.paths.macro_dir.glob("*/frames-*.parquet")))
+    run = dict(state_path=training_state_path(params), fingerprint=fingerprint)
+    if not world.is_main:
+        return pretrain(index, images, params.model, params.pretrain, device, None, **run)[1]
+    with Live(dir=str(out / "dvclive"), save_dvc_exp=False, dvcyaml=None) as live:
+        def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            for key, value in metrics.items():
+                live.log_metric(key, value)
+            live.next_step()
+
+        model, metrics = pretrain(index, images, params.model, params.pretrain, device, log_epoch, **run)
+    save_checkpoint(out / "encoder.pt", encoder=model.encoder_state_dict(),
+                    model_params=params.model.model_dump(mode="json"), metrics=metrics)
+    write_json({k: round(v, 6) for k, v in metrics.items()}, out / "metrics.json")
+    return metrics

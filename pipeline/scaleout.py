@@ -31,12 +31,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.orchestration import flow, get_run_logger, stage_task  # first: sets Prefect defaults
-
 import yaml
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run as current_run
 from prefect.utilities.annotations import unmapped
+
+from pipeline.orchestration import flow, get_run_logger, stage_task
 
 __all__ = ["FAULT_ENV", "FOLD_STAGES", "coordinator", "fold_and_upstream_stages", "repro", "stage"]
 

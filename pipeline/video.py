@@ -164,7 +164,8 @@ def confirm_detections(key_boxes: np.ndarray, max_shift: float = 0.5) -> np.ndar
 
 def crop_matrix(box: tuple[float, float, float, float], scale: float, size_px: int) -> np.ndarray:
     """(2, 3) float64 affine matrix mapping a square of side ``scale * max(w, h)`` centred on ``box`` onto a
-    ``size_px`` square (translation + isotropic scale: a similarity transform without rotation)."""
+    ``size_px`` square (translation + isotropic scale: a similarity transform without rotation).
+    """
     x, y, w, h = box
     side = scale * max(w, h)
     if not side > 0:
@@ -177,7 +178,8 @@ def crop_matrix(box: tuple[float, float, float, float], scale: float, size_px: i
 def warp_face(frame: np.ndarray, matrix: np.ndarray, size_px: int) -> np.ndarray:
     """Apply ``matrix`` (from :func:`crop_matrix`) to ``frame: (H, W, 3) uint8`` → ``(size_px, size_px, 3)``
     uint8, bilinear; pixels outside the frame replicate its border. When the transform shrinks, the frame is
-    first low-pass filtered (Gaussian, sigma ∝ 1/zoom) so the result does not alias."""
+    first low-pass filtered (Gaussian, sigma ∝ 1/zoom) so the result does not alias.
+    """
     zoom = float(matrix[0, 0])
     if zoom < 1.0:
         frame = cv2.GaussianBlur(frame, (0, 0), sigmaX=0.5 * (1.0 / zoom - 1.0) + 1e-3)

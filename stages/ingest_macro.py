@@ -8,8 +8,6 @@ status ``ok``, ``no_face`` or ``decode_error``, and the reason) and ``summary.js
 
 from __future__ import annotations
 
-from pipeline.orchestration import flow, get_run_logger, run_stage, stage_task  # first: sets Prefect defaults
-
 import argparse
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from tqdm.auto import tqdm
 from pipeline.config import MacroParams, load_params
 from pipeline.ingest_macro import MacroVideoResult, SourceItem, ingest_video, list_source
 from pipeline.io import atomic_dir, write_json, write_parquet
+from pipeline.orchestration import flow, get_run_logger, run_stage, stage_task
 from pipeline.video import HaarFaceDetector
 
 

@@ -5,21 +5,20 @@ params they were built with), ``metrics.json`` (held-out ``recon_loss``, ``copy_
 ``dvclive/`` (per-epoch curves). While it runs, the full training state is saved after every epoch under
 ``paths.checkpoint_dir``: a killed run resumes where it stopped, with the same result. With
 ``pretrain.nproc`` > 1 the flow (still one process) launches ``torchrun`` with that many DDP processes
-(:mod:`stages.pretrain_worker`), streams their output into its log, and reports what rank 0 wrote; the
+(:mod:`pipeline.pretrain_ddp`), streams their output into its log, and reports what rank 0 wrote; the
 outputs have the same shape. Run: ``python -m stages.pretrain``.
 """
 
 from __future__ import annotations
 
-from pipeline.orchestration import flow, get_run_logger, run_stage  # first: sets Prefect defaults
-
 import torch
 
+from pipeline import pretrain_ddp
 from pipeline.config import load_params
-from pipeline.distributed import check_devices, run_torchrun
-from pipeline.engine import resolve_device
+from pipeline.distributed import check_devices, resolve_device, run_torchrun
 from pipeline.io import atomic_dir
-from stages.pretrain_worker import train_and_save, training_state_path
+from pipeline.orchestration import flow, get_run_logger, run_stage
+from pipeline.pretrain import train_and_save, training_state_path
 
 
 @flow(name="pretrain")
@@ -41,7 +40,7 @@ def pretrain_flow(params_path: str = "params.yaml") -> dict:
             check_devices(nproc, device)
             logger.info("pre-training in %d processes (torchrun, DDP over %s)", nproc,
                         "NCCL" if device.type == "cuda" else "gloo")
-            run_torchrun(nproc, "stages.pretrain_worker", ["--params", str(params_path), "--out", str(out)],
+            run_torchrun(nproc, pretrain_ddp.__name__, ["--params", str(params_path), "--out", str(out)],
                          logger.info)
             metrics = torch.load(out / "encoder.pt", map_location="cpu")["metrics"]  # rank 0's, unrounded
     training_state_path(params).unlink(missing_ok=True)  # the outputs are in place: nothing left to resume

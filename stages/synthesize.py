@@ -6,10 +6,9 @@ Run: ``python -m stages.synthesize``.
 
 from __future__ import annotations
 
-from pipeline.orchestration import flow, get_run_logger, run_stage  # first: sets Prefect defaults
-
 from pipeline.config import load_params
 from pipeline.io import atomic_dir
+from pipeline.orchestration import flow, get_run_logger, run_stage
 from pipeline.synth import render_demo
 
 

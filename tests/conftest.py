@@ -59,7 +59,8 @@ def shrink(raw: dict) -> dict:
                         position_channels=[8, 16, 16, 16], code_channels=4)
     raw["pretrain"].update(epochs=1, pairs_per_epoch=64, heldout_pairs=32, batch_size=16,
                            heldout_videos=["samples/carphone_pristine"])
-    raw["finetune"].update(epochs=2, folds=[0, 1, 2], batch_size=4, seeds=[0, 1])
+    raw["finetune"].update(folds=[0, 1, 2])
+    raw["finetune"]["recipe"].update(epochs=2, batch_size=4, seeds=[0, 1])
     return raw
 
 

@@ -14,7 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import ModelParams, load_params
-from pipeline.models import MODELS, MIACNet, MMNet, ResNetDiff, create_model
+from pipeline.models.miacnet import MIACNet
+from pipeline.models.mmnet import MMNet
+from pipeline.models.registry import MODELS, create_model
+from pipeline.models.resnet_diff import ResNetDiff
 
 PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
 MMNET_REFERENCE_PARAMS = 9_438_841  # trainable parameters of the reference's forward pass at K = 5 (DESIGN §5)
@@ -232,7 +235,7 @@ def test_mmnet_fine_tunes_through_the_engine_at_its_input_size(params_224: Model
     from pipeline.io import encode_png
     from pipeline.loso import loso_fold
 
-    finetune = load_params(PARAMS_YAML).finetune.model_copy(
+    finetune = load_params(PARAMS_YAML).finetune.recipe.model_copy(
         update={"epochs": 1, "batch_size": 4, "schedule": "exponential", "lr_gamma": 0.5, "decay_epochs": 1})
     rng = np.random.default_rng(0)
     images = [encode_png(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)) for _ in range(16)]

@@ -9,8 +9,8 @@ import pytest
 
 from pipeline.config import MicroParams
 from pipeline.datasets import AnnotationError, load_dataset
-from pipeline.datasets.common import read_table
 from pipeline.ingest_micro import ingest_micro
+from pipeline.sheets import read_table
 
 
 def _params(root, **kw):

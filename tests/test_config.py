@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from pipeline.arms import active_arms, arm_label
 from pipeline.config import ConfigError, load_params
 
 
@@ -16,8 +17,8 @@ def _write(tmp_path, raw):
 
 def test_real_params_load(repo):
     params = load_params(repo / "params.yaml")
-    assert params.finetune.arms == ["ma2mi", "scratch"]  # the baseline arm is off by default (CPU cost)
-    assert len(params.finetune.seeds) >= 3
+    assert active_arms(params.finetune) == ["ma2mi", "scratch"]  # the baseline arm is off by default (CPU cost)
+    assert len(params.finetune.recipe.seeds) >= 3
     assert params.synthesize.micro_peak_px[1] <= 2.0
 
 
@@ -40,11 +41,11 @@ def test_missing_key_is_an_error(tmp_path, raw_params):
 
 
 def test_wrong_type_and_range_are_errors(tmp_path, raw_params):
-    raw_params["finetune"]["epochs"] = "many"
+    raw_params["finetune"]["recipe"]["epochs"] = "many"
     raw_params["synthesize"]["micro_peak_px"] = [2.0, 0.5]
     with pytest.raises(ConfigError) as err:
         load_params(_write(tmp_path, raw_params))
-    assert "finetune.epochs" in str(err.value) and "synthesize.micro_peak_px" in str(err.value)
+    assert "finetune.recipe.epochs" in str(err.value) and "synthesize.micro_peak_px" in str(err.value)
 
 
 def test_demo_root_must_be_the_synthesized_dataset(tmp_path, raw_params):
@@ -61,7 +62,7 @@ def test_missing_file_is_named(tmp_path):
 def test_params_are_frozen(repo):
     params = load_params(repo / "params.yaml")
     with pytest.raises(Exception):
-        params.finetune.epochs = 3
+        params.finetune.recipe.epochs = 3
 
 
 def test_baseline_arm_runs_on_the_same_folds(tmp_path, raw_params):
@@ -70,13 +71,13 @@ def test_baseline_arm_runs_on_the_same_folds(tmp_path, raw_params):
         load_params(_write(tmp_path, raw_params))
     raw_params["finetune"]["baseline"]["folds"] = list(reversed(raw_params["finetune"]["folds"]))
     params = load_params(_write(tmp_path, raw_params))
-    assert params.finetune.arms == ["ma2mi", "scratch", "baseline"]
-    assert params.finetune.arm_label("baseline") == "mmnet"
+    assert active_arms(params.finetune) == ["ma2mi", "scratch", "baseline"]
+    assert arm_label(params.finetune, "baseline") == "mmnet"
 
 
 def test_repeated_seeds_are_an_error(tmp_path, raw_params):
-    raw_params["finetune"]["seeds"] = [0, 0, 1]
-    with pytest.raises(ConfigError, match=r"finetune.seeds: .*distinct"):
+    raw_params["finetune"]["recipe"]["seeds"] = [0, 0, 1]
+    with pytest.raises(ConfigError, match=r"finetune.recipe.seeds: .*distinct"):
         load_params(_write(tmp_path, raw_params))
 
 
@@ -98,10 +99,10 @@ def test_readme_mmnet_recipe_command_sets_the_reference_recipe(repo, tmp_path):
     shutil.copy(repo / "params.yaml", path)
     apply_overrides(path, overrides)
     params = load_params(path)
-    f = params.finetune
-    assert (f.epochs, f.batch_size, f.lr, f.weight_decay) == (74, 32, 8e-4, 0.6)
-    assert (f.schedule, f.lr_gamma, f.decay_epochs) == ("exponential", 0.987, 50)
-    assert (f.flip, f.rotate_deg, f.translate_px, f.label_smoothing) == (True, 3.0, 15, 0.0)
+    f, r = params.finetune, params.finetune.recipe
+    assert (r.epochs, r.batch_size, r.lr, r.weight_decay) == (74, 32, 8e-4, 0.6)
+    assert (r.schedule, r.lr_gamma, r.decay_epochs) == ("exponential", 0.987, 50)
+    assert (r.flip, r.rotate_deg, r.translate_px, r.label_smoothing) == (True, 3.0, 15, 0.0)
     assert (f.baseline.model, f.baseline.image_size_px) == ("mmnet", 224)
-    assert f.arms == ["ma2mi", "scratch", "baseline"] and f.baseline.folds == f.folds
+    assert active_arms(f) == ["ma2mi", "scratch", "baseline"] and f.baseline.folds == f.folds
     assert params.model.image_size_px == params.micro.image_size_px == params.macro.image_size_px == 224

@@ -15,11 +15,10 @@ import torch
 import yaml
 
 from pipeline.config import load_params
-from pipeline.distributed import check_devices, run_torchrun
-from pipeline.engine import resolve_device
+from pipeline.distributed import check_devices, resolve_device, run_torchrun
 from pipeline.io import encode_png
-from pipeline.models import create_model
-from stages.pretrain_worker import train_and_save, training_state_path
+from pipeline.models.registry import create_model
+from pipeline.pretrain import train_and_save, training_state_path
 from tests.conftest import REPO, shrink
 
 EPOCHS = 2
@@ -28,10 +27,10 @@ TIMEOUT_S = 180  # per torchrun launch; a hang fails the test instead of blockin
 CRASH_WORKER = '''
 import torch.distributed as dist
 
-import pipeline.pretrain as pretrain_module
-from stages import pretrain_worker
+import pipeline.engine as engine
+from pipeline import pretrain_ddp
 
-save_state = pretrain_module._save_state
+save_state = engine._save_state
 
 
 def save_then_crash(*args, **kwargs):
@@ -41,8 +40,8 @@ def save_then_crash(*args, **kwargs):
         raise RuntimeError("simulated crash after the first epoch")
 
 
-pretrain_module._save_state = save_then_crash
-pretrain_worker.main()
+engine._save_state = save_then_crash
+pretrain_ddp.main()
 '''
 
 
@@ -67,7 +66,7 @@ def _write_macro_frames(macro_dir: Path) -> None:
     frames.to_parquet(macro_dir / "src" / "frames-000.parquet", index=False)
 
 
-def _torchrun(params: Path, out: Path, module: str = "stages.pretrain_worker", pythonpath: str = str(REPO)) -> str:
+def _torchrun(params: Path, out: Path, module: str = "pipeline.pretrain_ddp", pythonpath: str = str(REPO)) -> str:
     lines: list[str] = []
     env = {**os.environ, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1"}
     try:
@@ -130,7 +129,7 @@ def test_crashed_rank_is_named_and_the_run_resumes_to_the_same_result(runs):
     with pytest.raises(RuntimeError, match=r"rank 1 failed: RuntimeError: simulated crash after the first epoch"):
         _torchrun(runs["ddp_params"], tmp / "out3", "crash_worker", f"{crash_dir}{os.pathsep}{REPO}")
     saved = torch.load(state, map_location="cpu", weights_only=False)
-    assert saved["epoch"] == 0 and len(saved["extra"]["ranks"]) == 2  # every rank's random streams
+    assert saved["epoch"] == 0 and len(saved["ranks"]) == 2  # every rank's random streams
 
     (tmp / "out4").mkdir()
     output = _torchrun(runs["ddp_params"], tmp / "out4")

@@ -72,9 +72,9 @@ def test_recipe_schedules(raw_params, tmp_path, schedule):
     from pipeline.config import load_params
     from pipeline.finetune import lr_scheduler
 
-    raw_params["finetune"].update(schedule=schedule, lr=8e-4, lr_gamma=0.987, decay_epochs=50, epochs=74)
+    raw_params["finetune"]["recipe"].update(schedule=schedule, lr=8e-4, lr_gamma=0.987, decay_epochs=50, epochs=74)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw_params))
-    params = load_params(tmp_path / "params.yaml").finetune
+    params = load_params(tmp_path / "params.yaml").finetune.recipe
     optimizer = torch.optim.AdamW(nn.Linear(2, 2).parameters(), lr=params.lr)
     scheduler = lr_scheduler(optimizer, params)
     lrs = []

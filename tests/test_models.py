@@ -14,9 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import ModelParams, Params, load_params
-from pipeline.models import MA2MI, MODELS, MIACNet, create_model
 from pipeline.models.branches import ENCODER_PREFIXES
 from pipeline.models.layers import CABlock, pool_attention
+from pipeline.models.ma2mi import MA2MI
+from pipeline.models.miacnet import MIACNet
+from pipeline.models.registry import MODELS, create_model
 from tests.conftest import shrink
 
 PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"

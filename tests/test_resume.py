@@ -25,7 +25,7 @@ def setup(tmp_path, raw_params):
 
     raw = shrink(raw_params)
     raw["model"]["image_size_px"] = 32
-    raw["finetune"].update(epochs=3, batch_size=4)
+    raw["finetune"]["recipe"].update(epochs=3, batch_size=4)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     params = load_params(tmp_path / "params.yaml")
     rng = np.random.default_rng(0)
@@ -37,7 +37,7 @@ def setup(tmp_path, raw_params):
 
 
 def _run(params, data, fold, **kwargs):
-    model = finetune_fold(data, fold, 3, "miacnet", params.model, params.finetune, 0, torch.device("cpu"), None,
+    model = finetune_fold(data, fold, 3, "miacnet", params.model, params.finetune.recipe, 0, torch.device("cpu"), None,
                           progress=False, **kwargs)
     return {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -110,7 +110,7 @@ def test_pretraining_resume_equals_uninterrupted(tmp_path, raw_params):
 def test_a_finished_seed_is_given_back_without_training(setup, tmp_path, monkeypatch):
     """The fine-tuning stage keeps each finished seed's state until its outputs are in place, so a stage killed
     at a later seed gets the earlier seeds' final weights back without training them again."""
-    import pipeline.finetune
+    import pipeline.engine
 
     params, data, fold = setup
     state = tmp_path / "seed0.pt"
@@ -119,7 +119,7 @@ def test_a_finished_seed_is_given_back_without_training(setup, tmp_path, monkeyp
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run must not train again")
 
-    monkeypatch.setattr(pipeline.finetune, "train_one_epoch", no_training)
+    monkeypatch.setattr(pipeline.engine, "train_one_epoch", no_training)
     seen = []
     again = _run(params, data, fold, state_path=state, fingerprint="f", on_epoch=lambda e, m: seen.append(e))
     assert seen == [0, 1, 2]  # the whole curve is replayed for DVCLive

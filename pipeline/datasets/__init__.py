@@ -3,34 +3,52 @@
 Each adapter module has ``read(params: MicroParams) -> list[Annotations]`` (one entry per source dataset: a
 composite such as MEGC2019 returns several) and knows only its sheet and on-disk layout;
 :func:`load_dataset` applies what is common (apex policy, label protocol, namespaced subject ids, unique keys).
-The demo is written in the CASME II layout and goes through the CASME II adapter.
+The demo is written in the CASME II layout and goes through the CASME II adapter. :data:`ADAPTERS` is the one
+list of dataset names: ``micro.dataset`` must be one of its keys.
 """
 
 from __future__ import annotations
 
-import importlib
+from types import ModuleType
 
 import pandas as pd
 
-from pipeline.config import MicroParams
-from pipeline.datasets.common import AnnotationError, finalize
+from pipeline.config import ConfigError, MicroParams
+from pipeline.datasets import casme2, casme3, megc2019, mmew, samm, smic
+from pipeline.datasets.common import finalize
 from pipeline.datasets.protocols import class_names
+from pipeline.sheets import AnnotationError
 
-__all__ = ["ADAPTERS", "AnnotationError", "load_dataset"]
+__all__ = ["ADAPTERS", "AnnotationError", "adapter", "load_dataset"]
 
-ADAPTERS: dict[str, str] = {  # micro.dataset -> adapter module
-    "demo": "pipeline.datasets.casme2",
-    "casme2": "pipeline.datasets.casme2",
-    "samm": "pipeline.datasets.samm",
-    "smic": "pipeline.datasets.smic",
-    "casme3": "pipeline.datasets.casme3",
-    "mmew": "pipeline.datasets.mmew",
-    "megc2019": "pipeline.datasets.megc2019",
+ADAPTERS: dict[str, ModuleType] = {  # micro.dataset -> adapter module
+    "demo": casme2,  # the demo is written in the CASME II layout
+    "casme2": casme2,
+    "samm": samm,
+    "smic": smic,
+    "casme3": casme3,
+    "mmew": mmew,
+    "megc2019": megc2019,
 }
+
+
+def adapter(dataset: str) -> ModuleType:
+    """The adapter module of ``micro.dataset`` = ``dataset``.
+
+    Raises:
+        ConfigError: no adapter of that name (the message lists the known ones).
+    """
+    if dataset not in ADAPTERS:
+        raise ConfigError(f"micro.dataset: {dataset!r} is not a dataset with an adapter; known: "
+                          f"{', '.join(sorted(ADAPTERS))}")
+    return ADAPTERS[dataset]
 
 
 def load_dataset(params: MicroParams) -> tuple[pd.DataFrame, pd.DataFrame, list[str], list[str]]:
     """Read ``params.root`` through the adapter of ``params.dataset``.
+
+    Args:
+        params: the ``micro`` section.
 
     Returns:
         ``(samples, dropped, classes, notes)``: samples with ``label`` = index into ``classes``; every
@@ -38,13 +56,10 @@ def load_dataset(params: MicroParams) -> tuple[pd.DataFrame, pd.DataFrame, list[
 
     Raises:
         AnnotationError: missing or malformed annotations, or two samples with the same (subject, clip, onset).
-        ValueError: a dataset with no adapter.
+        ConfigError: a dataset with no adapter.
     """
-    if params.dataset not in ADAPTERS:
-        raise ValueError(f"no adapter for micro.dataset {params.dataset!r}; known: {sorted(ADAPTERS)}")
-    adapter = importlib.import_module(ADAPTERS[params.dataset])
     parts, dropped, notes = [], [], []
-    for annotations in adapter.read(params):
+    for annotations in adapter(params.dataset).read(params):
         samples, drops, fixes = finalize(annotations, params.dataset, params.protocol, params.apex_outside)
         parts.append(samples)
         dropped.append(drops)

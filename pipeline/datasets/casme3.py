@@ -30,8 +30,9 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.config import MicroParams
-from pipeline.datasets.common import Annotations, read_table
+from pipeline.datasets.common import Annotations
 from pipeline.datasets.rows import split_rows
+from pipeline.sheets import read_table
 
 __all__ = ["STANDARD_ANNOTATION", "frame_path", "read", "read_sheet"]
 

@@ -20,11 +20,9 @@ from pipeline.datasets.protocols import class_names, map_emotion
 __all__ = [
     "ANNOTATION_COLUMNS",
     "DROPPED_COLUMNS",
-    "AnnotationError",
-    "Annotations",
     "SAMPLE_COLUMNS",
+    "Annotations",
     "finalize",
-    "read_table",
 ]
 
 ANNOTATION_COLUMNS = ["sheet_row", "subject", "clip", "onset_frame", "apex_frame", "offset_frame", "action_units",
@@ -33,10 +31,6 @@ DROPPED_COLUMNS = ["source_dataset", "sheet_row", "subject", "clip", "reason"]
 SAMPLE_COLUMNS = ["sample_id", "sheet_row", "dataset", "source_dataset", "subject", "clip", "onset_frame",
                   "apex_frame", "offset_frame", "label", "label_name", "action_units", "emotion", "onset_path",
                   "apex_path"]
-
-
-class AnnotationError(ValueError):
-    """An annotation file is missing or malformed; the message names the file (and the columns)."""
 
 
 @dataclass
@@ -62,37 +56,11 @@ class Annotations:
     apex_column: str = "apex"
 
 
-def read_table(path: Path, required: list[str], **read_kwargs) -> pd.DataFrame:
-    """Read a sheet (``.xlsx``/``.xls``) or ``.csv`` with every cell as stripped text (``''`` when empty).
-
-    Adds ``sheet_row``: the row number a spreadsheet program shows (header = 1, unless ``skiprows`` moves it).
-
-    Raises:
-        AnnotationError: missing or unreadable file, or required columns missing (names the missing and the
-            found columns).
-    """
-    if not path.is_file():
-        raise AnnotationError(f"{path}: annotation file not found")
-    try:
-        if path.suffix.lower() == ".csv":
-            table = pd.read_csv(path, dtype=str, keep_default_na=False, **read_kwargs)
-        else:
-            table = pd.read_excel(path, dtype=str, keep_default_na=False, **read_kwargs)  # "n/a" stays text
-    except Exception as err:
-        raise AnnotationError(f"{path}: cannot be read ({type(err).__name__}: {err})") from err
-    missing = [c for c in required if c not in table.columns]
-    if missing:
-        raise AnnotationError(f"{path}: missing columns {missing}; found {list(table.columns)}")
-    table = table.fillna("").astype(str).apply(lambda column: column.str.strip())
-    header_row = 1 + int(read_kwargs.get("skiprows", 0) or 0)
-    table.insert(0, "sheet_row", table.index.to_numpy() + header_row + 1)
-    return table
-
-
 def _apex_policy(rows: pd.DataFrame, policy: str, apex_column: str) -> tuple[pd.DataFrame, list[dict]]:
     """Apply ``apex_outside`` (``'middle'``: use the middle frame ``(onset + offset) // 2``; ``'drop'``) to rows
     whose apex lies outside [onset, offset] or is missing (None: the cell was not a frame number, like CASME II's
-    ``'/'``). Either way each such row is reported."""
+    ``'/'``). Either way each such row is reported.
+    """
     apex = pd.to_numeric(rows["apex_frame"], errors="coerce")
     outside = apex.isna() | ~apex.between(rows["onset_frame"], rows["offset_frame"])
     rows = rows.copy()

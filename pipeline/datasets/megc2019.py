@@ -24,7 +24,6 @@ CSV says surprise) keeps the CSV class and is logged.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import re
 from collections.abc import Callable
@@ -33,10 +32,12 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.config import MicroParams
-from pipeline.datasets.common import DROPPED_COLUMNS, AnnotationError, Annotations, read_table
+from pipeline.datasets import casme2, samm, smic
+from pipeline.datasets.common import DROPPED_COLUMNS, Annotations
 from pipeline.datasets.protocols import map_emotion
 from pipeline.datasets.rows import first_reason
 from pipeline.datasets.smic import canonical_clip, canonical_subject
+from pipeline.sheets import AnnotationError, read_table
 
 __all__ = ["CLASSES", "COLUMNS", "SOURCES", "STANDARD_ANNOTATION", "read", "read_composite"]
 
@@ -46,8 +47,7 @@ STANDARD_ANNOTATION = "combined_3class_gt.csv"
 PROTOCOL = "megc2019-3class"
 COLUMNS = ["dataset", "subject", "filename", "label"]
 CLASSES = {"0": "negative", "1": "positive", "2": "surprise"}
-SOURCES = {"casme2": "pipeline.datasets.casme2", "samm": "pipeline.datasets.samm",
-           "smic": "pipeline.datasets.smic"}  # CSV dataset -> adapter module
+SOURCES = {"casme2": casme2, "samm": samm, "smic": smic}  # CSV dataset -> adapter module
 
 
 def _number_or_same(text: str, pattern: str, template: str) -> str:
@@ -152,7 +152,7 @@ def read(params: MicroParams) -> list[Annotations]:
     wanted, bad = read_composite(path)
     parts = []
     for name in sorted(set(wanted["source"])):
-        adapter = importlib.import_module(SOURCES[name])
+        adapter = SOURCES[name]
         sub = params.model_copy(update={"dataset": name, "root": params.root / name, "annotation": None})
         (source,) = adapter.read(sub)
         rows, dropped = _join(wanted[wanted["source"] == name], source, path.name)

@@ -24,8 +24,9 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.config import MicroParams
-from pipeline.datasets.common import DROPPED_COLUMNS, Annotations, read_table
+from pipeline.datasets.common import DROPPED_COLUMNS, Annotations
 from pipeline.datasets.rows import first_reason, split_rows
+from pipeline.sheets import read_table
 
 __all__ = ["STANDARD_ANNOTATION", "frame_path", "read", "read_sheet"]
 
@@ -43,14 +44,16 @@ COLUMNS = {  # our name -> sheet column
 
 def frame_path(root: Path, emotion: str, clip: str, frame: int) -> Path:
     """Path of frame ``frame`` of ``clip`` (``'S01-01-001'``) annotated ``emotion`` (``'happiness'``) under
-    ``root``."""
+    ``root``.
+    """
     return root / "Micro_Expression" / emotion / clip / f"{frame}.jpg"
 
 
 def _mmew_reasons(rows: pd.DataFrame, file_name: str) -> pd.Series:
     """Per row kept by :func:`~pipeline.datasets.rows.split_rows` (``subject`` already ``'S01'``), why MMEW
     cannot use it, else ``''``: a ``Filename`` not of that subject, an empty ``Estimated Emotion``, or, for a row
-    passing those, a ``Filename`` an earlier such row annotated with another emotion."""
+    passing those, a ``Filename`` an earlier such row annotated with another emotion.
+    """
     where = file_name + " row " + rows["sheet_row"].astype(str)
     own_clip = pd.Series([c.startswith(s + "-") for c, s in zip(rows["clip"], rows["subject"])], index=rows.index,
                          dtype=bool)

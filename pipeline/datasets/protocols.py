@@ -17,54 +17,87 @@ datasets add their mapping here, one entry per (protocol, source dataset).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
-__all__ = ["FIXED_CLASSES", "PROTOCOLS", "class_names", "map_emotion"]
+from pipeline.config import ConfigError
 
-FIXED_CLASSES: dict[str, tuple[str, ...]] = {
-    "casme2-5class": ("happiness", "disgust", "repression", "surprise", "others"),
-    "megc2019-3class": ("negative", "positive", "surprise"),
-}
+__all__ = ["NATIVE", "PROTOCOLS", "Protocol", "check_protocol", "class_names", "map_emotion"]
 
-# protocol -> source dataset -> {emotion (lower case) -> class name}
-PROTOCOLS: dict[str, dict[str, dict[str, str]]] = {
-    "casme2-5class": {
-        "casme2": {name: name for name in FIXED_CLASSES["casme2-5class"]},
-    },
-    "megc2019-3class": {
-        "casme2": {"disgust": "negative", "repression": "negative", "happiness": "positive",
-                   "surprise": "surprise"},
+NATIVE = "native"  # the dataset's own emotions, no fixed class list
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A label protocol with a fixed class list.
+
+    Attributes:
+        classes: class names in label order.
+        emotions: source dataset -> {emotion as annotated, lower case -> class name}; an emotion absent from
+            its dataset's mapping lies outside the protocol.
+    """
+
+    classes: tuple[str, ...]
+    emotions: dict[str, dict[str, str]]
+
+
+_CASME2_5CLASS = ("happiness", "disgust", "repression", "surprise", "others")
+_CASME2_3CLASS = {"disgust": "negative", "repression": "negative", "happiness": "positive", "surprise": "surprise"}
+
+PROTOCOLS: dict[str, Protocol] = {  # micro.protocol -> protocol; with NATIVE, the one list of protocol names
+    "casme2-5class": Protocol(_CASME2_5CLASS, {
+        "casme2": {name: name for name in _CASME2_5CLASS},
+        "demo": {name: name for name in _CASME2_5CLASS},  # the demo is annotated in CASME II's vocabulary
+    }),
+    "megc2019-3class": Protocol(("negative", "positive", "surprise"), {
+        "casme2": _CASME2_3CLASS,
+        "demo": _CASME2_3CLASS,
         "samm": {"anger": "negative", "contempt": "negative", "disgust": "negative", "fear": "negative",
                  "sadness": "negative", "happiness": "positive", "surprise": "surprise"},
         "smic": {"negative": "negative", "positive": "positive", "surprise": "surprise"},
         "casme3": {"anger": "negative", "disgust": "negative", "fear": "negative", "sad": "negative",
                    "happy": "positive", "surprise": "surprise"},
-    },
+    }),
 }
 
-for _mapping in PROTOCOLS.values():  # the demo is annotated in CASME II's vocabulary
-    _mapping["demo"] = _mapping["casme2"]
+
+def check_protocol(protocol: str) -> str:
+    """``protocol`` itself if it names a protocol (``micro.protocol``).
+
+    Raises:
+        ConfigError: an unknown protocol (the message lists the known ones).
+    """
+    if protocol != NATIVE and protocol not in PROTOCOLS:
+        raise ConfigError(f"micro.protocol: {protocol!r} is not a label protocol; known: "
+                          f"{', '.join([NATIVE, *PROTOCOLS])}")
+    return protocol
 
 
 def map_emotion(protocol: str, source_dataset: str, emotion: str) -> str | None:
-    """The class name of ``emotion`` (as annotated in ``source_dataset``) under ``protocol``, or None when the
-    emotion lies outside it.
+    """The class name of ``emotion`` (as annotated in ``source_dataset``) under ``protocol``.
+
+    Returns:
+        The class name, or None when the emotion lies outside the protocol.
 
     Raises:
-        ValueError: unknown protocol, or no mapping of ``source_dataset`` under it.
+        ConfigError: unknown protocol.
+        ValueError: no mapping of ``source_dataset`` under it.
     """
     key = emotion.strip().lower()
-    if protocol == "native":
+    if check_protocol(protocol) == NATIVE:
         return key or None
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; known: {sorted(PROTOCOLS) + ['native']}")
-    if source_dataset not in PROTOCOLS[protocol]:
+    emotions = PROTOCOLS[protocol].emotions
+    if source_dataset not in emotions:
         raise ValueError(f"protocol {protocol!r} has no label mapping for dataset {source_dataset!r}; "
-                         f"it has {sorted(PROTOCOLS[protocol])}")
-    return PROTOCOLS[protocol][source_dataset].get(key)
+                         f"it has {sorted(emotions)}")
+    return emotions[source_dataset].get(key)
 
 
 def class_names(protocol: str, present: Iterable[str] = ()) -> list[str]:
-    """Class names in label order: the protocol's fixed list, or for ``native`` the sorted names ``present``."""
-    if protocol == "native":
+    """Class names in label order: the protocol's fixed list, or for ``native`` the sorted names ``present``.
+
+    Raises:
+        ConfigError: unknown protocol.
+    """
+    if check_protocol(protocol) == NATIVE:
         return sorted(set(present))
-    return list(FIXED_CLASSES[protocol])
+    return list(PROTOCOLS[protocol].classes)

@@ -1,4 +1,4 @@
-"""Turn a sheet read by :func:`~pipeline.datasets.common.read_table` into annotation rows and dropped rows.
+"""Turn a sheet read by :func:`~pipeline.sheets.read_table` into annotation rows and dropped rows.
 
 Shared by the CASME II, SAMM, SMIC-HS-E, CAS(ME)^3 and MMEW adapters (whole-column pandas checks rather than a
 loop over rows): each row is either kept, with its frames parsed to int, or dropped with the first reason found,
@@ -38,7 +38,7 @@ def split_rows(sheet: pd.DataFrame, file_name: str, source: str, names: dict[str
     """Split ``sheet`` (every cell stripped text, plus ``sheet_row``) into ``(rows, dropped)``.
 
     Args:
-        sheet: as :func:`~pipeline.datasets.common.read_table` returns it.
+        sheet: as :func:`~pipeline.sheets.read_table` returns it.
         file_name: the annotation file, for messages.
         source: the source dataset, for ``dropped``.
         names: our column name -> the sheet's, for ``subject``, ``clip``, ``onset_frame``, ``offset_frame``,
@@ -93,7 +93,8 @@ def split_rows(sheet: pd.DataFrame, file_name: str, source: str, names: dict[str
 def _subjects(column: pd.Series, subject_format: str,
               subject_id: tuple[str, str] | None) -> tuple[pd.Series, pd.Series, str]:
     """``(subjects, ok, not_ok)``: each cell per ``subject_format`` where valid (else as written), whether it is
-    valid, and the end of the message for an invalid one (see :func:`split_rows`)."""
+    valid, and the end of the message for an invalid one (see :func:`split_rows`).
+    """
     if subject_id is None:
         number, ok = whole_numbers(column)
         text, not_ok = _text(number.where(ok, 0), subject_format), " is not a subject number"
@@ -105,5 +106,6 @@ def _subjects(column: pd.Series, subject_format: str,
 
 def _text(column: pd.Series, template: str = "{}") -> pd.Series:
     """``template`` formatted with each cell (a float that is a whole number as an int: ``6.0`` -> ``6``), as text
-    (also when ``column`` is empty)."""
+    (also when ``column`` is empty).
+    """
     return column.map(lambda v: template.format(int(v) if isinstance(v, float) and v.is_integer() else v)).astype(str)

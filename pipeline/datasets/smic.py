@@ -45,8 +45,9 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.config import MicroParams
-from pipeline.datasets.common import ANNOTATION_COLUMNS, DROPPED_COLUMNS, AnnotationError, Annotations, read_table
+from pipeline.datasets.common import ANNOTATION_COLUMNS, DROPPED_COLUMNS, Annotations
 from pipeline.datasets.rows import split_rows, whole_numbers
+from pipeline.sheets import AnnotationError, read_table
 
 __all__ = ["SHEET", "STANDARD_ANNOTATION", "canonical_clip", "canonical_subject", "read", "read_apex",
            "read_sheet", "scan_folders", "sheet_frame_path"]

@@ -144,7 +144,8 @@ class ActionBranch(nn.Module):
 
 def encoder_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The ``position_branch.*`` and ``action_branch.*`` entries of ``model.state_dict()`` (weights and BN
-    buffers), detached copies; the keys are the same for :class:`MIACNet` and :class:`MA2MI`."""
+    buffers), detached copies; the keys are the same for :class:`MIACNet` and :class:`MA2MI`.
+    """
     return {k: v.detach().clone() for k, v in model.state_dict().items() if k.startswith(ENCODER_PREFIXES)}
 
 

@@ -93,7 +93,8 @@ class CABlock(nn.Module):
 
 def init_weights(module: nn.Module) -> None:
     """ResNet-style initialisation, as MMNet's reference: Kaiming-normal (fan_out, ReLU) convolutions,
-    unit-scale zero-shift norms, zero biases. Linear layers are left to their own (timm / torch) init."""
+    unit-scale zero-shift norms, zero biases. Linear layers are left to their own (timm / torch) init.
+    """
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

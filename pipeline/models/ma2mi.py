@@ -130,7 +130,8 @@ class MA2MI(nn.Module):
 
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:
         """Detached copies of the ``position_branch.*`` and ``action_branch.*`` weights and buffers, with the
-        same keys as ``MIACNet.encoder_state_dict()``."""
+        same keys as ``MIACNet.encoder_state_dict()``.
+        """
         return encoder_state_dict(self)
 
     def load_encoder_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
