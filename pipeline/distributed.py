@@ -68,8 +68,10 @@ def resolve_device(name: str) -> torch.device:
 
 @dataclass(frozen=True)
 class RankInfo:
-    """This process's place in the process group: ``rank`` in ``[0, world_size)``, ``local_rank`` on this
-    machine (= the GPU index on CUDA); ``(0, 0, 1)`` without a process group.
+    """This process's place in the process group.
+
+    ``rank`` in ``[0, world_size)``, ``local_rank`` on this machine (= the GPU index on CUDA); ``(0, 0, 1)``
+    without a process group.
     """
 
     rank: int = 0
@@ -90,8 +92,10 @@ def rank_info() -> RankInfo:
 
 
 def rank_seed(seed: int, rank: int) -> int:
-    """Seed of ``rank``'s own random streams: ``seed`` itself on rank 0 (so a single process, rank 0 of 1,
-    draws exactly what it drew before DDP existed), a 32-bit ``SeedSequence((seed, rank))`` draw on the others.
+    """Seed of ``rank``'s own random streams.
+
+    ``seed`` itself on rank 0 (so a single process, rank 0 of 1, draws exactly what it drew before DDP existed),
+    a 32-bit ``SeedSequence((seed, rank))`` draw on the others.
     """
     if rank == 0:
         return seed
@@ -197,8 +201,9 @@ def all_gather_objects(obj: Any) -> list[Any]:
 
 
 def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
-    """Overwrite every buffer of ``module`` (e.g. BatchNorm running statistics, which each rank updates from
-    its own batches) with rank ``src``'s, in place; nothing without a process group.
+    """Overwrite every buffer of ``module`` with rank ``src``'s, in place; nothing without a process group.
+
+    The buffers are e.g. BatchNorm running statistics, which each rank updates from its own batches.
     """
     if rank_info().world_size == 1:
         return
@@ -207,8 +212,9 @@ def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
 
 
 def torchrun_command(nproc: int, module: str, args: Sequence[str] = ()) -> list[str]:
-    """``python -m torch.distributed.run --standalone --nproc-per-node=<nproc> -m <module> <args>``, with this
-    interpreter.
+    """The torchrun command line, with this interpreter.
+
+    That is ``python -m torch.distributed.run --standalone --nproc-per-node=<nproc> -m <module> <args>``.
     """
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
             "-m", module, *args]
@@ -222,6 +228,10 @@ def run_torchrun(nproc: int, module: str, args: Sequence[str] = (), log_line: Ca
     ``OMP_NUM_THREADS`` defaults to ``cores // nproc``.
 
     Args:
+        nproc: the number of processes (``--nproc-per-node``).
+        module: the module each process runs (``python -m <module>``).
+        args: its command-line arguments.
+        log_line: called with each output line (without its newline), as it comes.
         env: the environment (default: this process's), ``PYTHONUNBUFFERED=1`` added.
         timeout_s: wall-clock limit in seconds; then torchrun is terminated (it stops its workers) and, 30 s
             later, killed.

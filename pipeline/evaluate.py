@@ -162,8 +162,9 @@ def format_score(summary: Mapping, score: str) -> str:
 
 
 def summary_rows(metrics: Mapping) -> list[dict]:
-    """One row per arm label, then the paired difference: ``arm, accuracy, uf1, uar`` as ``mean ± std``, ``n``,
-    ``seeds`` (a table for people: the Prefect artifact, the log).
+    """One row per arm label, then the paired difference (a table for people: the Prefect artifact, the log).
+
+    Columns: ``arm``, ``accuracy``, ``uf1``, ``uar`` as ``mean ± std``, ``n``, ``seeds``.
     """
     rows = [{"arm": label, **{s: format_score(summary, s) for s in SCORES}, "n": summary["n"],
              "seeds": summary["seeds"]} for label, summary in metrics.items() if label not in ("run", DIFFERENCE)]
@@ -178,8 +179,10 @@ def _save(fig: Figure, path: Path) -> None:
 
 
 def save_figures(out: Path, ablation: Ablation, curves: pd.DataFrame, classes: Sequence[str]) -> None:
-    """Write ``confusion.png`` (one matrix per arm), ``ablation.png`` (mean ± std bars, one dot per seed) and
-    ``curves.png`` (training loss per epoch, one line per arm) into ``out``.
+    """Write the confusion, ablation and curve figures into ``out``.
+
+    ``confusion.png``: one matrix per arm; ``ablation.png``: mean ± std bars, one dot per seed; ``curves.png``:
+    training loss per epoch, one line per arm.
     """
     summaries = {k: v for k, v in ablation.metrics.items() if k != DIFFERENCE}
     per_seed = ablation.per_seed

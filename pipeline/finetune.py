@@ -35,8 +35,10 @@ PREDICTION_COLUMNS = ["sample_id", "dataset", "source_dataset", "subject", "clip
 
 
 def arm_model(params: Params, arm: str) -> tuple[str, ModelParams]:
-    """The model of ``arm``: MIACNet with the ``model`` section, or the baseline model with the ``model``
-    section at ``finetune.baseline.image_size_px``.
+    """The model of ``arm``.
+
+    MIACNet with the ``model`` section, or the baseline model with the ``model`` section at
+    ``finetune.baseline.image_size_px``.
 
     Returns:
         ``(model name, model params)`` for :func:`pipeline.models.registry.create_model`.
@@ -65,7 +67,8 @@ class MicroTensors:
 
     def batches(self, rows: np.ndarray, batch_size: int, generator: torch.Generator | None,
                 augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Iterator[Batch]:
-        """Batches ``{'onset', 'apex'}: (B, 3, S, S) float32`` ImageNet-normalised and ``'label': (B,)``;
+        """Batches ``{'onset', 'apex'}: (B, 3, S, S) float32`` ImageNet-normalised and ``'label': (B,)``.
+
         ``augment`` maps a ``(6, S, S) uint8`` stacked pair to an augmented one (same warp for both).
         """
         rows = torch.as_tensor(rows)
@@ -73,14 +76,17 @@ class MicroTensors:
             pick = rows[batch]
             onset, apex = self.onset[pick], self.apex[pick]
             if augment is not None:
-                pairs = torch.stack([augment(torch.cat(pair)) for pair in zip(onset, apex)])  # (B, 6, S, S)
+                pairs = torch.stack([augment(torch.cat(pair))
+                                     for pair in zip(onset, apex, strict=True)])  # (B, 6, S, S)
                 onset, apex = pairs[:, :3], pairs[:, 3:]
             yield {"onset": normalise(onset), "apex": normalise(apex), "label": self.label[pick]}
 
 
 def _param_groups(model: nn.Module, params: RecipeParams, pretrained: bool) -> list[dict]:
-    """AdamW groups: with pre-trained branches, the branches (lr scaled by ``encoder_lr_scale``) and the fresh
-    head (``model.head_parameters()``); otherwise one group.
+    """AdamW parameter groups.
+
+    With pre-trained branches, the branches (lr scaled by ``encoder_lr_scale``) and the fresh head
+    (``model.head_parameters()``); otherwise one group.
     """
     if not pretrained:
         return [{"params": list(model.parameters()), "lr": params.lr}]
@@ -171,8 +177,9 @@ def predict(model: nn.Module, data: MicroTensors, rows: np.ndarray, device: torc
 def finetune_seed(samples: pd.DataFrame, data: MicroTensors, classes: list[str], fold: LosoFold, arm: str,
                   params: Params, seed: int, device: torch.device, encoder_state: dict | None, out: Path,
                   state_path: Path | None = None, fingerprint: str = "") -> pd.DataFrame:
-    """One seed of a ``finetune_<arm>@<fold>`` stage: train, log the curve, save the model, predict the held-out
-    subject.
+    """One seed of a ``finetune_<arm>@<fold>`` stage.
+
+    Train, log the curve, save the model, predict the held-out subject.
 
     Writes into ``out``: ``dvclive/seed<s>/`` (per-epoch training loss and accuracy) and ``model_seed<s>.pt``
     (``model`` state dict, ``model_name``, ``arm``, ``fold``, ``seed``, ``test_subject``).

@@ -41,7 +41,8 @@ def align_clip(onset: np.ndarray, apex: np.ndarray, params: MicroParams,
     """Crop onset and apex with one transform computed on the onset frame.
 
     Args:
-        onset, apex: ``(H, W, 3) uint8 RGB`` frames of one clip (same size).
+        onset: ``(H, W, 3) uint8 RGB`` onset frame of the clip.
+        apex: ``(H, W, 3) uint8 RGB`` apex frame of the same clip (same size as ``onset``).
         params: the ``micro`` section (``box_scale``, ``image_size_px``).
         detector: Haar detector, or None for pre-cropped faces (the centred square of the frame is used).
 
@@ -90,8 +91,8 @@ def ingest_micro(params: MicroParams, progress: bool = True) -> tuple[pd.DataFra
             onset, apex = align_clip(read_image(Path(row.onset_path)), read_image(Path(row.apex_path)), params,
                                      detector)
         except (FileNotFoundError, ValueError) as err:
-            failures.append(dict(source_dataset=row.source_dataset, sheet_row=row.sheet_row,
-                                 subject=row.subject, clip=row.clip, reason=f"{row.sample_id}: {err}"))
+            failures.append({"source_dataset": row.source_dataset, "sheet_row": row.sheet_row,
+                             "subject": row.subject, "clip": row.clip, "reason": f"{row.sample_id}: {err}"})
             ok.append(False)
             continue
         onsets.append(encode_png(onset))

@@ -55,8 +55,10 @@ def wait_for_api(api_url: str, server: subprocess.Popen, timeout_s: float) -> No
 
 @contextlib.contextmanager
 def local_server(home: Path = DEFAULT_HOME, timeout_s: float = 120) -> Iterator[str]:
-    """A ``prefect server start --no-services`` on 127.0.0.1 with ``PREFECT_HOME=home``; yields its API URL and
-    stops it (SIGTERM, then SIGKILL after 20 s) on exit. Its output goes to ``<home>/server.log``.
+    """A ``prefect server start --no-services`` on 127.0.0.1 with ``PREFECT_HOME=home``.
+
+    Yields its API URL and stops it (SIGTERM, then SIGKILL after 20 s) on exit. Its output goes to
+    ``<home>/server.log``.
 
     Raises:
         RuntimeError, TimeoutError: the server did not come up (see :func:`wait_for_api`; the log names why).

@@ -17,6 +17,8 @@ __all__ = ["LosoFold", "loso_fold", "loso_folds"]
 
 @dataclass(frozen=True)
 class LosoFold:
+    """One leave-one-subject-out fold: its ``index``, the held-out ``test_subject`` and both sides' row positions."""
+
     index: int
     test_subject: str
     train_idx: np.ndarray  # (N_train,) int row positions

@@ -30,8 +30,9 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels:
 
 
 def per_group_metrics(predictions: pd.DataFrame, group: str, labels: Sequence[int]) -> pd.DataFrame:
-    """One row of :func:`classification_metrics` per value of column ``group`` of ``predictions``
-    (columns ``label``, ``predicted``); e.g. per subject.
+    """One row of :func:`classification_metrics` per value of column ``group`` of ``predictions``; e.g. per subject.
+
+    ``predictions`` has columns ``label`` and ``predicted``.
     """
     rows = [{group: key, **classification_metrics(part["label"], part["predicted"], labels)}
             for key, part in predictions.groupby(group, sort=True)]
@@ -43,10 +44,12 @@ def confusion(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[int
     return confusion_matrix(y_true, y_pred, labels=list(labels))
 
 
-def seed_summary(per_seed: pd.DataFrame, columns: Sequence[str] = ("accuracy", "uf1", "uar")) -> dict[str, float | None]:
-    """Mean and sample standard deviation (ddof = 1) over seeds: ``{'<col>': mean, '<col>_std': std, 'seeds': n}``
-    for each of ``columns`` of ``per_seed`` (one row per seed). The std is None with a single seed, where it is
-    undefined.
+def seed_summary(per_seed: pd.DataFrame,
+                 columns: Sequence[str] = ("accuracy", "uf1", "uar")) -> dict[str, float | None]:
+    """Mean and sample standard deviation (ddof = 1) over seeds of each of ``columns`` of ``per_seed``.
+
+    ``per_seed`` has one row per seed; the result is ``{'<col>': mean, '<col>_std': std, 'seeds': n}``. The std
+    is None with a single seed, where it is undefined.
     """
     if per_seed.empty:
         raise ValueError("seed_summary: no seed to summarise")

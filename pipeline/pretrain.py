@@ -71,8 +71,9 @@ def split_heldout(index: pd.DataFrame, heldout_videos: list[str]) -> np.ndarray:
 
 def _pair_batches(images: torch.Tensor, sources: np.ndarray, futures: np.ndarray, batch_size: int,
                   generator: torch.Generator | None) -> Iterator[Batch]:
-    """Batches ``{'source', 'future'}``: ``(B, 3, H, W) float32`` ImageNet-normalised; with a generator, pairs
-    are shuffled and each pair is mirrored with probability 1/2 (both frames alike).
+    """Batches ``{'source', 'future'}``: ``(B, 3, H, W) float32`` ImageNet-normalised.
+
+    With a generator, pairs are shuffled and each pair is mirrored with probability 1/2 (both frames alike).
     """
     for batch in iterate_batches(len(sources), batch_size, generator):
         rows = batch.numpy()
@@ -84,8 +85,10 @@ def _pair_batches(images: torch.Tensor, sources: np.ndarray, futures: np.ndarray
 
 
 class _Losses(nn.Module):
-    """``MA2MI.losses`` as a module's ``forward``: DDP synchronises gradients only for calls through its own
-    ``forward``, so the training step calls this module (wrapped by DDP under torchrun), never the method.
+    """``MA2MI.losses`` as a module's ``forward``.
+
+    DDP synchronises gradients only for calls through its own ``forward``, so the training step calls this module
+    (wrapped by DDP under torchrun), never the method.
     """
 
     def __init__(self, model: MA2MI) -> None:
@@ -105,8 +108,9 @@ def pretrain(index: pd.DataFrame, images: torch.Tensor, model_params: ModelParam
              device: torch.device, on_epoch: Callable[[int, dict[str, float]], None] | None = None,
              progress: bool = True, state_path: Path | None = None,
              fingerprint: str = "") -> tuple[MA2MI, dict[str, float]]:
-    """Train MA2MI on the non-held-out videos for ``params.epochs`` epochs (the last epoch is kept: no
-    selection on held-out data) and measure it on a fixed set of held-out pairs after each epoch.
+    """Train MA2MI on the non-held-out videos and measure it on a fixed set of held-out pairs after each epoch.
+
+    Training runs for ``params.epochs`` epochs and the last epoch is kept (no selection on held-out data).
 
     In a process group of ``W`` ranks (``torchrun``; every rank calls this with the same arguments) the model
     trains under DDP: each rank draws ``pairs_per_epoch / W`` pairs per epoch with its own random streams
@@ -115,15 +119,21 @@ def pretrain(index: pd.DataFrame, images: torch.Tensor, model_params: ModelParam
     every rank takes rank 0's BatchNorm statistics, so all hold rank 0's model.
 
     Args:
-        index: ``video, time_s`` per frame, aligned with ``images: (N, 3, H, W) uint8``.
+        index: ``video, time_s`` per frame, aligned with ``images``.
+        images: ``(N, 3, H, W) uint8`` frames, one per row of ``index``.
+        model_params: the ``model`` section (MA2MI's branches are built as MIACNet's).
+        params: the ``pretrain`` section (seed, horizon, held-out videos, epochs, pairs, batch size, optimiser).
         device: this rank's device (``cuda:<LOCAL_RANK>`` under torchrun on GPUs).
         on_epoch: called as ``on_epoch(epoch, metrics)`` after each epoch (e.g. DVCLive logging); after a
             resume, first for every epoch already finished. Under DDP, pass it on rank 0 only.
-        state_path, fingerprint: as in :func:`pipeline.finetune.finetune_fold`: the full training state (and the
-            pair sampler's RNG) is saved after every epoch, and a matching state is resumed exactly. Under DDP
+        progress: show progress bars.
+        state_path: as in :func:`pipeline.finetune.finetune_fold`: the full training state (and the pair
+            sampler's RNG) is saved here after every epoch, and a matching state is resumed exactly. Under DDP
             rank 0 writes it (with every rank's random streams) and every rank resumes from it: the weights,
             optimizer, scheduler and history are rank 0's (identical on all ranks), the random streams each
-            rank's own.
+            rank's own. None: no saving.
+        fingerprint: identifies the configuration; a saved state is resumed only when it matches (see
+            :func:`pipeline.engine.training_fingerprint`).
 
     Returns:
         ``(model, metrics)``; ``metrics`` holds the last epoch's ``train_*`` and ``heldout_*`` values (means over
@@ -204,7 +214,7 @@ def train_and_save(params: Params, out: Path, device: torch.device,
     fingerprint = training_fingerprint({"model": params.model.model_dump(mode="json"),
                                         "pretrain": params.pretrain.model_dump(mode="json")},
                                        sorted(params.paths.macro_dir.glob("*/frames-*.parquet")))
-    run = dict(state_path=training_state_path(params), fingerprint=fingerprint)
+    run = {"state_path": training_state_path(params), "fingerprint": fingerprint}
     if not world.is_main:
         return pretrain(index, images, params.model, params.pretrain, device, None, **run)[1]
     with Live(dir=str(out / "dvclive"), save_dvc_exp=False, dvcyaml=None) as live:

@@ -114,8 +114,10 @@ def committed_revision(workdir: Path) -> str:
 
 
 def fold_and_upstream_stages(workdir: Path, fold_pattern: str = FOLD_STAGES) -> tuple[list[str], list[str]]:
-    """The stages of ``workdir``'s DVC project whose name matches ``fold_pattern``, and every stage they depend
-    on (transitively) that does not match it, each list sorted.
+    """The fold stages of ``workdir``'s DVC project and their upstream stages, each list sorted.
+
+    The fold stages are those whose name matches ``fold_pattern``; the upstream ones are every stage they depend
+    on (transitively) that does not match it.
 
     Raises:
         ValueError: no stage matches ``fold_pattern``, or the project has no default DVC remote (workers exchange
@@ -153,8 +155,10 @@ def repro(targets: list[str] | None = None, pull: bool = False, push: bool = Fal
 
 @flow(name="ma2mi-stage", retries=1, retry_delay_seconds=5)
 def stage(target: str, repo_url: str, revision: str, lockfile: str | None = None) -> str:
-    """Reproduce the single DVC stage ``target`` in a fresh clone of ``repo_url`` at ``revision`` and push its
-    outputs and run-cache entry to the project's default DVC remote; the clone is removed afterwards.
+    """Reproduce the single DVC stage ``target`` in a fresh clone of ``repo_url`` at ``revision``.
+
+    Then push its outputs and run-cache entry to the project's default DVC remote; the clone is removed
+    afterwards.
 
     Args:
         target: a DVC stage name, e.g. ``finetune_ma2mi@3``.
@@ -233,12 +237,12 @@ def coordinator(stage_deployment: str = "ma2mi-stage/gpu", repo_url: str | None 
     states = dispatch.map(stale, unmapped(stage_deployment), unmapped(parameters),
                           unmapped(poll_interval_s)).result() if stale else []
     dispatch_s = time.perf_counter() - start
-    done = [name for name, state in zip(stale, states) if state == "Completed"]
+    done = [name for name, state in zip(stale, states, strict=True) if state == "Completed"]
     if done:  # restored even if other folds failed: the next coordinator run dispatches only those
         output = dvc(["repro", "--pull", *done], workdir)
         if rerun := [name for name in done if f"Running stage '{name}'" in output]:
             logger.warning("not restored from the run-cache, so run here: %s", ", ".join(rerun))
-    if failed := [f"{name} ({state})" for name, state in zip(stale, states) if state != "Completed"]:
+    if failed := [f"{name} ({state})" for name, state in zip(stale, states, strict=True) if state != "Completed"]:
         raise RuntimeError(f"fold stages did not complete on the workers: {', '.join(failed)}; see their flow runs, "
                            "then trigger the coordinator again: it dispatches only these")
     dvc(["repro", "--pull"], workdir)

@@ -124,7 +124,7 @@ def test_mmnet_reset_classifier() -> None:
 
 def test_mmnet_takes_224_px_only(default_params: ModelParams) -> None:
     assert default_params.image_size_px != 224  # the pipeline default, which MMNet must refuse loudly
-    with pytest.raises(ValueError, match="224 px frames only.*image_size_px=112"):
+    with pytest.raises(ValueError, match=r"224 px frames only.*image_size_px=112"):
         create_model("mmnet", num_classes=5, params=default_params)
     model = MMNet(num_classes=5)
     with pytest.raises(ValueError, match="must be \\(B, 3, 224, 224\\), got \\(2, 3, 112, 112\\)"):
@@ -207,7 +207,7 @@ def test_resnet_diff_rejects_a_bad_checkpoint(default_params: ModelParams, tmp_p
     state["extra.weight"] = torch.zeros(1)
     path = tmp_path / "bad.pth"
     torch.save(state, path)
-    with pytest.raises(ValueError, match="missing \\['conv1.weight'\\]; unexpected \\['extra.weight'\\]"):
+    with pytest.raises(ValueError, match=r"missing \['conv1.weight'\]; unexpected \['extra.weight'\]"):
         ResNetDiff(default_params, num_classes=5, checkpoint=path)
 
 

@@ -14,9 +14,9 @@ from pipeline.sheets import read_table
 
 
 def _params(root, **kw):
-    base = dict(dataset="demo", root=root, annotation=None, protocol="megc2019-3class", apex_outside="middle",
-                casme2_frames="cropped", smic_labels="folders", smic_apex=None, detector="none", box_scale=1.3,
-                image_size_px=32)
+    base = {"dataset": "demo", "root": root, "annotation": None, "protocol": "megc2019-3class",
+            "apex_outside": "middle", "casme2_frames": "cropped", "smic_labels": "folders", "smic_apex": None,
+            "detector": "none", "box_scale": 1.3, "image_size_px": 32}
     return MicroParams(**{**base, **kw})
 
 
@@ -51,13 +51,14 @@ def test_real_sheets_casme2_5class_counts(shared_annotations, tmp_path, sheet, e
 
 def _write_tree(root, rows, sheet_rows=None):
     """Frames of ``rows`` in the Cropped layout, and a sheet of ``sheet_rows`` (default: ``rows``)."""
-    for subject, clip, onset, apex, offset, _, _ in rows:
+    for subject, clip, onset, _apex, offset, _, _ in rows:
         clip_dir = root / "Cropped" / f"sub{subject}" / clip
         clip_dir.mkdir(parents=True, exist_ok=True)
         for n in range(onset, offset + 1):
             cv2.imwrite(str(clip_dir / f"reg_img{n}.jpg"), np.full((40, 40, 3), n % 255, np.uint8))
-    sheet = pd.DataFrame(rows if sheet_rows is None else sheet_rows, columns=["Subject", "Filename", "OnsetFrame", "ApexFrame", "OffsetFrame",
-                                        "Action Units", "Estimated Emotion"])
+    sheet = pd.DataFrame(rows if sheet_rows is None else sheet_rows,
+                         columns=["Subject", "Filename", "OnsetFrame", "ApexFrame", "OffsetFrame", "Action Units",
+                                  "Estimated Emotion"])
     sheet.insert(2, "Unnamed: 2", None)
     sheet.insert(6, "Unnamed: 6", None)
     sheet.columns = [c if not c.startswith("Unnamed") else "" for c in sheet.columns]
@@ -93,7 +94,7 @@ def test_missing_frame_file_is_dropped_with_its_name(tmp_path):
 
 
 def test_missing_sheet_and_columns_are_named(tmp_path):
-    with pytest.raises(AnnotationError, match="CASME2-coding-20140508.xlsx: annotation file not found"):
+    with pytest.raises(AnnotationError, match=r"CASME2-coding-20140508.xlsx: annotation file not found"):
         load_dataset(_params(tmp_path))
     pd.DataFrame({"Subject": ["01"], "Filename": ["EP01"]}).to_excel(tmp_path / "bad.xlsx", index=False)
     with pytest.raises(AnnotationError, match=r"missing columns \['OnsetFrame'.*found \['Subject', 'Filename'\]"):
@@ -102,7 +103,7 @@ def test_missing_sheet_and_columns_are_named(tmp_path):
         read_table(tmp_path / "bad.xlsx", ["Subject", "Apex"])
 
 
-BAD_ROWS = ROWS + [("", "EP09_01", 1, 2, 3, "12", "happiness"), ("03", "EP09_02", 9, 20, 12, "12", "happiness")]
+BAD_ROWS = [*ROWS, ("", "EP09_01", 1, 2, 3, "12", "happiness"), ("03", "EP09_02", 9, 20, 12, "12", "happiness")]
 
 
 def test_bad_cells_name_row_and_column(tmp_path):

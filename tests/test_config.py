@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from pipeline.arms import active_arms, arm_label
 from pipeline.config import ConfigError, load_params
@@ -55,13 +56,13 @@ def test_demo_root_must_be_the_synthesized_dataset(tmp_path, raw_params):
 
 
 def test_missing_file_is_named(tmp_path):
-    with pytest.raises(ConfigError, match="nope.yaml"):
+    with pytest.raises(ConfigError, match=r"nope.yaml"):
         load_params(tmp_path / "nope.yaml")
 
 
 def test_params_are_frozen(repo):
     params = load_params(repo / "params.yaml")
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         params.finetune.recipe.epochs = 3
 
 

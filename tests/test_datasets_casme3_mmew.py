@@ -25,9 +25,9 @@ CASME3_NATIVE = ["anger", "disgust", "fear", "happy", "others", "sad", "surprise
 
 
 def _params(root, **kw):
-    base = dict(dataset="casme3", root=root, annotation=None, protocol="native", apex_outside="middle",
-                casme2_frames="cropped", smic_labels="folders", smic_apex=None, detector="none", box_scale=1.3,
-                image_size_px=16)
+    base = {"dataset": "casme3", "root": root, "annotation": None, "protocol": "native", "apex_outside": "middle",
+            "casme2_frames": "cropped", "smic_labels": "folders", "smic_apex": None, "detector": "none",
+            "box_scale": 1.3, "image_size_px": 16}
     return MicroParams(**{**base, **kw})
 
 

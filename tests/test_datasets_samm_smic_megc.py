@@ -29,9 +29,9 @@ BMP = cv2.imencode(".bmp", np.full((8, 8, 3), 128, np.uint8))[1].tobytes()
 
 
 def _params(root, **kw):
-    base = dict(dataset="samm", root=root, annotation=None, protocol="native", apex_outside="middle",
-                casme2_frames="cropped", smic_labels="folders", smic_apex=None, detector="none", box_scale=1.3,
-                image_size_px=16)
+    base = {"dataset": "samm", "root": root, "annotation": None, "protocol": "native", "apex_outside": "middle",
+            "casme2_frames": "cropped", "smic_labels": "folders", "smic_apex": None, "detector": "none",
+            "box_scale": 1.3, "image_size_px": 16}
     return MicroParams(**{**base, **kw})
 
 
@@ -44,7 +44,7 @@ def _touch(paths, data=JPG):
 def _frames(table, onset="onset", apex="apex", offset="offset"):
     """Onset, apex, offset and middle frame numbers of each row of ``table`` (int columns)."""
     middle = (table[onset] + table[offset]) // 2
-    return [sorted({a, b, c, d}) for a, b, c, d in zip(table[onset], table[apex], table[offset], middle)]
+    return [sorted({a, b, c, d}) for a, b, c, d in zip(table[onset], table[apex], table[offset], middle, strict=True)]
 
 
 def _samm_sheet(annotations):
@@ -60,7 +60,8 @@ def _samm_tree(root, annotations, clips=None):
     sheet = _samm_sheet(annotations)
     if clips is not None:
         sheet = sheet[sheet["Filename"].isin(clips)]
-    for (subject, clip), frames in zip(zip(sheet["Subject"], sheet["Filename"]), _frames(sheet)):
+    for (subject, clip), frames in zip(zip(sheet["Subject"], sheet["Filename"], strict=True), _frames(sheet),
+                                       strict=True):
         _touch(root / "SAMM" / subject / clip / f"{subject}_{n:05d}.jpg" for n in frames)
 
 
@@ -80,11 +81,11 @@ def _smic_folder_tree(root, annotations):
     smic = _megc_csv(annotations).query("dataset == 'smic'")
     clips = smic["filename"].str.replace(r"^s0*(\d+)_", r"s\1_", regex=True)
     sheet = _smic_sheet(annotations).set_index("Filename")
-    for clip, label in zip(clips, smic["label"]):
+    for clip, label in zip(clips, smic["label"], strict=True):
         onset, offset = (sheet.loc[clip, "onset"], sheet.loc[clip, "offset"]) if clip in sheet.index else (100, 110)
         folder = root / "HS" / clip.split("_")[0] / "micro" / CLASSES[label] / clip
         _touch((folder / f"image{n}.bmp" for n in {onset, (onset + offset) // 2, offset}), BMP)
-    return dict(zip(clips, smic["label"].map(CLASSES)))
+    return dict(zip(clips, smic["label"].map(CLASSES), strict=True))
 
 
 # --- SAMM -------------------------------------------------------------------------------------------------------
@@ -136,7 +137,7 @@ def test_samm_bad_input_is_named(tmp_path):
     with pytest.raises(AnnotationError, match=f"{SAMM_SHEET}: annotation file not found"):
         load_dataset(_params(tmp_path))
     _write_samm(tmp_path / "sheet.xlsx", [SAMM_ROW], sheet_name="Sheet1")
-    with pytest.raises(AnnotationError, match="sheet.xlsx: cannot be read.*MICRO_ONLY"):
+    with pytest.raises(AnnotationError, match=r"sheet.xlsx: cannot be read.*MICRO_ONLY"):
         load_dataset(_params(tmp_path, annotation=tmp_path / "sheet.xlsx"))
     _write_samm(tmp_path / "cols.xlsx", [{k: v for k, v in SAMM_ROW.items() if k != "Offset Frame"}])
     with pytest.raises(AnnotationError, match=r"missing columns \['Offset Frame'\]; found \['Subject', 'Filename'"):
@@ -160,7 +161,7 @@ def test_samm_bad_input_is_named(tmp_path):
 def test_smic_hs_e_sheet(shared_annotations, tmp_path, name, counts):
     sheet = _smic_sheet(shared_annotations, name)
     shutil.copy(shared_annotations / "smic" / name, tmp_path / SMIC_SHEET)
-    for subject, clip, frames in zip(sheet["Subject"], sheet["Filename"], _frames(sheet, apex="onset")):
+    for subject, clip, frames in zip(sheet["Subject"], sheet["Filename"], _frames(sheet, apex="onset"), strict=True):
         folder = tmp_path / "HS_long" / "SMIC_HS_E" / f"s{int(subject):02d}" / clip
         _touch(folder / f"image{n:06d}.jpg" for n in frames)
     samples, dropped, classes = ingest_micro(_params(tmp_path, dataset="smic", smic_labels="sheet"), progress=False)
@@ -175,10 +176,10 @@ def test_smic_hs_e_sheet(shared_annotations, tmp_path, name, counts):
 
 def test_smic_folders_and_spotted_apex(shared_annotations, tmp_path):
     labels = _smic_folder_tree(tmp_path, shared_annotations)
-    samples, dropped, classes, notes = load_dataset(_params(tmp_path, dataset="smic"))
+    samples, dropped, _, notes = load_dataset(_params(tmp_path, dataset="smic"))
     assert len(samples) == 164 and dropped.empty and not notes
     assert samples["subject"].nunique() == 16 and set(samples["subject"].str.split("/").str[0]) == {"smic"}
-    assert dict(zip(samples["clip"], samples["label_name"])) == labels
+    assert dict(zip(samples["clip"], samples["label_name"], strict=True)) == labels
     assert samples["sheet_row"].tolist() == list(range(1, 165))
     sheet = _smic_sheet(shared_annotations).set_index("Filename")
     merged = samples.join(sheet, on="clip", how="inner")
@@ -233,7 +234,7 @@ def _megc_tree(root, annotations):
     casme = casme[("sub" + casme["Subject"] + "/" + casme["Filename"]).isin(csv["subject"] + "/" + csv["filename"])]
     casme = casme.assign(onset=casme["OnsetFrame"].astype(int), apex=casme["ApexFrame"].astype(int),
                          offset=casme["OffsetFrame"].astype(int))
-    for subject, clip, frames in zip(casme["Subject"], casme["Filename"], _frames(casme)):
+    for subject, clip, frames in zip(casme["Subject"], casme["Filename"], _frames(casme), strict=True):
         _touch(root / "casme2" / "Cropped" / f"sub{subject}" / clip / f"reg_img{n}.jpg" for n in frames)
     return csv
 
@@ -273,7 +274,7 @@ def test_megc2019_unmatched_rows_are_dropped_with_reasons(shared_annotations, tm
                      "frame 1102",
                      f"{MEGC_CSV} row 421: apex 1930 outside [onset 4896, offset 4970]: apex set to the middle "
                      "frame 4933"]  # SAMM's 028_4_1 and 032_3_1 go through the apex policy
-    reasons = dict(zip(dropped["sheet_row"], dropped["reason"]))
+    reasons = dict(zip(dropped["sheet_row"], dropped["reason"], strict=True))
     assert reasons[443] == f"{MEGC_CSV} row 443: samm subject '099' clip '099_1_1' is not in {SAMM_SHEET}"
     assert reasons[444].startswith(f"{MEGC_CSV} row 444: smic subject 's3' clip 's3_ne_99' was dropped by the smic "
                                    "adapter: ") and reasons[444].endswith("s3_ne_99: no .bmp frame file")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -87,4 +89,4 @@ def test_recipe_schedules(raw_params, tmp_path, schedule):
         assert lrs == pytest.approx(expected, rel=1e-9)
         assert lrs[50] == lrs[73] < lrs[49]
     else:
-        assert lrs[0] == pytest.approx(8e-4) and lrs[-1] < 1e-6 and all(a >= b for a, b in zip(lrs, lrs[1:]))
+        assert lrs[0] == pytest.approx(8e-4) and lrs[-1] < 1e-6 and all(a >= b for a, b in itertools.pairwise(lrs))

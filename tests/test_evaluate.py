@@ -39,7 +39,7 @@ def test_a_seed_missing_a_subject_is_refused():
 def test_a_sample_predicted_twice_and_a_missing_seed_are_refused():
     predictions = _predictions()
     twice = pd.concat([predictions, predictions[(predictions["seed"] == 0)].head(1)], ignore_index=True)
-    with pytest.raises(ValueError, match="seed 0: .* exactly once"):
+    with pytest.raises(ValueError, match=r"seed 0: .* exactly once"):
         check_coverage(twice, "scratch", [0, 1, 2], set(SUBJECTS), [0, 1, 2])
     with pytest.raises(ValueError, match="scratch: no predictions for seed 3"):
         check_coverage(predictions, "scratch", [0, 1, 2, 3], set(SUBJECTS), [0, 1, 2])

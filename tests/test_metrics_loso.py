@@ -65,5 +65,5 @@ def test_loso_never_shares_a_subject_and_tests_each_once():
 
 
 def test_fold_out_of_range_names_the_fix():
-    with pytest.raises(ValueError, match="finetune.folds"):
+    with pytest.raises(ValueError, match=r"finetune.folds"):
         loso_fold(pd.Series(["a", "b"]), 2)

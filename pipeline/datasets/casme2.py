@@ -46,8 +46,9 @@ def frame_path(root: Path, subject: str, clip: str, frame: int, frames: str) -> 
 
 
 def read_sheet(path: Path, source: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Parse a CASME II coding sheet into ``(rows, dropped)`` (see :class:`~pipeline.datasets.common.Annotations`
-    and :func:`~pipeline.datasets.rows.split_rows`); ``subject`` becomes ``'sub01'``.
+    """Parse a CASME II coding sheet into ``(rows, dropped)``; ``subject`` becomes ``'sub01'``.
+
+    See :class:`~pipeline.datasets.common.Annotations` and :func:`~pipeline.datasets.rows.split_rows`.
 
     Rows dropped with the reason (row and column named): empty or non-numeric ``Subject``, empty ``Filename``,
     ``OnsetFrame`` / ``OffsetFrame`` not a frame number, ``OffsetFrame`` before ``OnsetFrame``.

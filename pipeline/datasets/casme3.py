@@ -56,8 +56,9 @@ def frame_path(root: Path, subject: str, clip: str, frame: int) -> Path:
 
 
 def read_sheet(path: Path, source: str = "casme3") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Parse the CAS(ME)^3 part A label sheet (worksheet ``label``) into ``(rows, dropped)`` (see
-    :class:`~pipeline.datasets.common.Annotations` and :func:`~pipeline.datasets.rows.split_rows`); ``subject``
+    """Parse the CAS(ME)^3 part A label sheet (worksheet ``label``) into ``(rows, dropped)``.
+
+    See :class:`~pipeline.datasets.common.Annotations` and :func:`~pipeline.datasets.rows.split_rows`; ``subject``
     stays as written (``'spNO.1'``).
 
     Rows dropped with the reason (row and column named): empty or malformed ``Subject``, empty ``Filename``,
@@ -72,8 +73,9 @@ def read_sheet(path: Path, source: str = "casme3") -> tuple[pd.DataFrame, pd.Dat
 
 
 def read(params: MicroParams) -> list[Annotations]:
-    """The CAS(ME)^3 part A annotations under ``params.root`` (sheet: ``params.annotation``, else
-    :data:`STANDARD_ANNOTATION` under the root).
+    """The CAS(ME)^3 part A annotations under ``params.root``.
+
+    The sheet is ``params.annotation``, else :data:`STANDARD_ANNOTATION` under the root.
 
     Raises:
         AnnotationError: see :func:`read_sheet`.

@@ -57,9 +57,10 @@ class Annotations:
 
 
 def _apex_policy(rows: pd.DataFrame, policy: str, apex_column: str) -> tuple[pd.DataFrame, list[dict]]:
-    """Apply ``apex_outside`` (``'middle'``: use the middle frame ``(onset + offset) // 2``; ``'drop'``) to rows
-    whose apex lies outside [onset, offset] or is missing (None: the cell was not a frame number, like CASME II's
-    ``'/'``). Either way each such row is reported.
+    """Apply the ``apex_outside`` policy to rows whose apex lies outside [onset, offset] or is missing.
+
+    ``policy`` ``'middle'``: use the middle frame ``(onset + offset) // 2``; ``'drop'``: drop the row. A missing
+    apex is None: the cell was not a frame number, like CASME II's ``'/'``. Either way each such row is reported.
     """
     apex = pd.to_numeric(rows["apex_frame"], errors="coerce")
     outside = apex.isna() | ~apex.between(rows["onset_frame"], rows["offset_frame"])
@@ -71,9 +72,9 @@ def _apex_policy(rows: pd.DataFrame, policy: str, apex_column: str) -> tuple[pd.
                 if pd.notna(apex[i]) else f"column {apex_column} is not a frame number")
         if policy == "middle":
             apex[i] = (row.onset_frame + row.offset_frame) // 2
-            notes.append(dict(row=i, reason=f"{what}: apex set to the middle frame {int(apex[i])}"))
+            notes.append({"row": i, "reason": f"{what}: apex set to the middle frame {int(apex[i])}"})
         else:
-            notes.append(dict(row=i, reason=f"{what}: dropped (micro.apex_outside = drop)"))
+            notes.append({"row": i, "reason": f"{what}: dropped (micro.apex_outside = drop)"})
     rows["apex_frame"] = apex
     if policy == "drop":
         rows = rows.drop(index=[n["row"] for n in notes])
@@ -85,7 +86,11 @@ def finalize(annotations: Annotations, dataset: str, protocol: str,
     """Apply the apex policy and the label protocol, namespace subjects and build sample ids.
 
     Args:
+        annotations: what one source's adapter read.
         dataset: the configured dataset (``'megc2019'`` for a composite, else the source itself or ``'demo'``).
+        protocol: the label protocol (``native`` or a key of :data:`pipeline.datasets.protocols.PROTOCOLS`).
+        apex_outside: ``'middle'`` (an apex outside [onset, offset] or missing becomes the middle frame, noted)
+            or ``'drop'`` (such rows are dropped).
 
     Returns:
         ``(samples, dropped, notes)``: ``samples`` has :data:`SAMPLE_COLUMNS` but ``label`` (assigned once the

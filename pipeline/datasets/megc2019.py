@@ -79,7 +79,7 @@ def read_composite(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     table["sheet_row"] -= 1  # no header: the first line is row 1
     where = path.name + " row " + table["sheet_row"].astype(str)
     keys = [KEYS[d](s, f) if d in KEYS else (s, f) for d, s, f in zip(table["dataset"], table["subject"],
-                                                                       table["filename"])]
+                                                                       table["filename"], strict=True)]
     rows = pd.DataFrame({"sheet_row": table["sheet_row"], "source": table["dataset"],
                          "subject": [k[0] for k in keys], "clip": [k[1] for k in keys],
                          "label_name": table["label"].map(CLASSES)})
@@ -136,8 +136,9 @@ def _log_disagreements(rows: pd.DataFrame, source: str, csv_name: str) -> None:
 
 
 def read(params: MicroParams) -> list[Annotations]:
-    """The composite's samples, one :class:`~pipeline.datasets.common.Annotations` per source present in the
-    CSV (``rows`` carry ``label_name``, the CSV's class); the CSV's rows that are not samples are in ``dropped``
+    """The composite's samples, one :class:`~pipeline.datasets.common.Annotations` per source present in the CSV.
+
+    ``rows`` carry ``label_name``, the CSV's class; the CSV's rows that are not samples are in ``dropped``
     (those with an unknown dataset go with the first source).
 
     Raises:

@@ -43,20 +43,19 @@ COLUMNS = {  # our name -> sheet column
 
 
 def frame_path(root: Path, emotion: str, clip: str, frame: int) -> Path:
-    """Path of frame ``frame`` of ``clip`` (``'S01-01-001'``) annotated ``emotion`` (``'happiness'``) under
-    ``root``.
-    """
+    """Path of frame ``frame`` of ``clip`` (``'S01-01-001'``) annotated ``emotion`` (``'happiness'``) under ``root``."""
     return root / "Micro_Expression" / emotion / clip / f"{frame}.jpg"
 
 
 def _mmew_reasons(rows: pd.DataFrame, file_name: str) -> pd.Series:
-    """Per row kept by :func:`~pipeline.datasets.rows.split_rows` (``subject`` already ``'S01'``), why MMEW
-    cannot use it, else ``''``: a ``Filename`` not of that subject, an empty ``Estimated Emotion``, or, for a row
-    passing those, a ``Filename`` an earlier such row annotated with another emotion.
+    """Per row kept by :func:`~pipeline.datasets.rows.split_rows`, why MMEW cannot use it, else ``''``.
+
+    ``subject`` is already ``'S01'``. The reasons: a ``Filename`` not of that subject, an empty ``Estimated
+    Emotion``, or, for a row passing those, a ``Filename`` an earlier such row annotated with another emotion.
     """
     where = file_name + " row " + rows["sheet_row"].astype(str)
-    own_clip = pd.Series([c.startswith(s + "-") for c, s in zip(rows["clip"], rows["subject"])], index=rows.index,
-                         dtype=bool)
+    own_clip = pd.Series([c.startswith(s + "-") for c, s in zip(rows["clip"], rows["subject"], strict=True)],
+                         index=rows.index, dtype=bool)
     reason = first_reason([
         (~own_clip, where + " column Filename: " + rows["clip"].map(repr) + " is not a clip of subject "
          + rows["subject"].str[1:].map(lambda n: str(int(n)))),
@@ -68,8 +67,9 @@ def _mmew_reasons(rows: pd.DataFrame, file_name: str) -> pd.Series:
 
 
 def read_sheet(path: Path, source: str = "mmew") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Parse an MMEW sheet (``.csv`` or first worksheet of an ``.xlsx``) into ``(rows, dropped)`` (see
-    :class:`~pipeline.datasets.common.Annotations` and :func:`~pipeline.datasets.rows.split_rows`); ``subject``
+    """Parse an MMEW sheet (``.csv`` or first worksheet of an ``.xlsx``) into ``(rows, dropped)``.
+
+    See :class:`~pipeline.datasets.common.Annotations` and :func:`~pipeline.datasets.rows.split_rows`; ``subject``
     becomes ``'S01'``.
 
     Rows dropped (in sheet order) with the first reason found, row and column named: empty or non-numeric
@@ -93,8 +93,9 @@ def read_sheet(path: Path, source: str = "mmew") -> tuple[pd.DataFrame, pd.DataF
 
 
 def read(params: MicroParams) -> list[Annotations]:
-    """The MMEW annotations under ``params.root`` (sheet: ``params.annotation``, else :data:`STANDARD_ANNOTATION`
-    under the root).
+    """The MMEW annotations under ``params.root``.
+
+    The sheet is ``params.annotation``, else :data:`STANDARD_ANNOTATION` under the root.
 
     Raises:
         AnnotationError: see :func:`read_sheet`.

@@ -35,7 +35,7 @@ def whole_numbers(column: pd.Series) -> tuple[pd.Series, pd.Series]:
 def split_rows(sheet: pd.DataFrame, file_name: str, source: str, names: dict[str, str | None], *,
                subject_format: str = "{}", subject_id: tuple[str, str] | None = None,
                interval_note: str = "") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split ``sheet`` (every cell stripped text, plus ``sheet_row``) into ``(rows, dropped)``.
+    r"""Split ``sheet`` (every cell stripped text, plus ``sheet_row``) into ``(rows, dropped)``.
 
     Args:
         sheet: as :func:`~pipeline.sheets.read_table` returns it.
@@ -46,7 +46,7 @@ def split_rows(sheet: pd.DataFrame, file_name: str, source: str, names: dict[str
             ``action_units``.
         subject_format: how a valid subject is written, as :meth:`str.format` of the subject number
             (``'{:03d}'``: ``'6'`` -> ``'006'``), or of the cell's text with ``subject_id``.
-        subject_id: ``(regex, example)`` when subjects are text ids (CAS(ME)^3: ``('spNO\\.\\d+', 'spNO.1')``): a
+        subject_id: ``(regex, example)`` when subjects are text ids (CAS(ME)^3: ``('spNO\.\d+', 'spNO.1')``): a
             subject is valid when the regex matches the whole cell. None: a subject is a whole number ≥ 0
             (``'006'``, ``'6.0'``).
         interval_note: appended to the reason of an offset before the onset (e.g. ``' (not an interval)'``).
@@ -82,7 +82,7 @@ def split_rows(sheet: pd.DataFrame, file_name: str, source: str, names: dict[str
     rows = pd.DataFrame({
         "sheet_row": sheet["sheet_row"], "subject": subject, "clip": sheet[clip_column],
         "onset_frame": onset.where(keep, 0).astype("int64"), "offset_frame": offset.where(keep, 0).astype("int64"),
-        "apex_frame": [int(a) if ok else None for a, ok in zip(apex, apex_ok)],
+        "apex_frame": [int(a) if ok else None for a, ok in zip(apex, apex_ok, strict=True)],
         "action_units": sheet[au_column] if au_column else "", "emotion": sheet[names["emotion"]],
     })[keep][ANNOTATION_COLUMNS]
     dropped = pd.DataFrame({"source_dataset": source, "sheet_row": sheet["sheet_row"], "subject": subject,
@@ -92,8 +92,10 @@ def split_rows(sheet: pd.DataFrame, file_name: str, source: str, names: dict[str
 
 def _subjects(column: pd.Series, subject_format: str,
               subject_id: tuple[str, str] | None) -> tuple[pd.Series, pd.Series, str]:
-    """``(subjects, ok, not_ok)``: each cell per ``subject_format`` where valid (else as written), whether it is
-    valid, and the end of the message for an invalid one (see :func:`split_rows`).
+    """Validate and format a subject column into ``(subjects, ok, not_ok)``.
+
+    ``subjects``: each cell per ``subject_format`` where valid (else as written); ``ok``: whether it is valid;
+    ``not_ok``: the end of the message for an invalid one (see :func:`split_rows`).
     """
     if subject_id is None:
         number, ok = whole_numbers(column)
@@ -105,7 +107,8 @@ def _subjects(column: pd.Series, subject_format: str,
 
 
 def _text(column: pd.Series, template: str = "{}") -> pd.Series:
-    """``template`` formatted with each cell (a float that is a whole number as an int: ``6.0`` -> ``6``), as text
-    (also when ``column`` is empty).
+    """``template`` formatted with each cell, as text (also when ``column`` is empty).
+
+    A float that is a whole number is formatted as an int: ``6.0`` -> ``6``.
     """
     return column.map(lambda v: template.format(int(v) if isinstance(v, float) and v.is_integer() else v)).astype(str)

@@ -69,8 +69,9 @@ def read_sheet(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def read(params: MicroParams) -> list[Annotations]:
-    """The SAMM annotations under ``params.root`` (``params.annotation`` or the standard sheet); subject ids
-    stay as the sheet writes them (``'006'``; :func:`~pipeline.datasets.common.finalize` makes them
+    """The SAMM annotations under ``params.root`` (``params.annotation`` or the standard sheet).
+
+    Subject ids stay as the sheet writes them (``'006'``; :func:`~pipeline.datasets.common.finalize` makes them
     ``samm/006``).
 
     Raises:

@@ -124,7 +124,8 @@ def scan_folders(root: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[tuple[str
     table["sheet_row"] = table.index + 1
     frames = {(r.subject, r.clip): _clip_frames(r.dir) for r in table.itertuples()}
     numbers = [list(frames[(r.subject, r.clip)]) for r in table.itertuples()]
-    reason = pd.Series([f"{r.dir}: no .bmp frame file" if not n else "" for r, n in zip(table.itertuples(), numbers)])
+    reason = pd.Series([f"{r.dir}: no .bmp frame file" if not n else ""
+                        for r, n in zip(table.itertuples(), numbers, strict=True)])
     reason = reason.mask(table["number"].isna(), [f"{r.dir}: subject folder {r.subject!r} is not s<N>"
                                                    for r in table.itertuples()])
     table["onset_frame"] = [n[0] if n else 0 for n in numbers]
@@ -138,8 +139,10 @@ def scan_folders(root: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[tuple[str
 
 
 def read_sheet(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Parse sheet ``HS`` of a SMIC-HS-E annotation into ``(rows, dropped)``: ``subject`` becomes ``'s20'``,
-    apex the middle frame ``(onset + offset) // 2``; the second and third intervals are ignored (logged).
+    """Parse sheet ``HS`` of a SMIC-HS-E annotation into ``(rows, dropped)``.
+
+    ``subject`` becomes ``'s20'``, apex the middle frame ``(onset + offset) // 2``; the second and third
+    intervals are ignored (logged).
 
     Raises:
         AnnotationError: missing file, no sheet ``HS``, or missing columns (named, with the found ones).
@@ -156,8 +159,10 @@ def read_sheet(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def read_apex(path: Path) -> pd.Series:
-    """Spotted apex frames: ``(subject, clip)`` (canonical, ``('s1', 's1_ne_01')``) -> frame int, or None where
-    the ``apex_frame`` cell is not a frame number.
+    """Spotted apex frames: ``(subject, clip)`` -> frame int.
+
+    Keys are canonical (``('s1', 's1_ne_01')``); the value is None where the ``apex_frame`` cell is not a frame
+    number.
 
     Raises:
         AnnotationError: missing file, missing columns ``subject, clip, apex_frame``, or a (subject, clip) given
@@ -169,7 +174,7 @@ def read_apex(path: Path) -> pd.Series:
     if keys.duplicated().any():
         raise AnnotationError(f"{path}: clips given more than once: {sorted(set(keys[keys.duplicated()]))}")
     number, ok = whole_numbers(table["apex_frame"])
-    return pd.Series([int(n) if k else None for n, k in zip(number, ok)], index=keys, dtype=object)
+    return pd.Series([int(n) if k else None for n, k in zip(number, ok, strict=True)], index=keys, dtype=object)
 
 
 def _spotted(rows: pd.DataFrame, path: Path) -> pd.DataFrame:
@@ -180,8 +185,10 @@ def _spotted(rows: pd.DataFrame, path: Path) -> pd.DataFrame:
 
 
 def read(params: MicroParams) -> list[Annotations]:
-    """The SMIC-HS annotations under ``params.root``, from the folder tree or the HS-E sheet
-    (``params.smic_labels``), apex from ``params.smic_apex`` or the middle frame. Subjects are ``'s1'``…
+    """The SMIC-HS annotations under ``params.root``.
+
+    Labels come from the folder tree or the HS-E sheet (``params.smic_labels``), apex from ``params.smic_apex``
+    or the middle frame. Subjects are ``'s1'``…
 
     Raises:
         AnnotationError: see :func:`scan_folders`, :func:`read_sheet`, :func:`read_apex`.

@@ -89,6 +89,10 @@ class PositionBranch(nn.Module):
         init_weights(self)
 
     def forward_pyramid(self, onset: torch.Tensor) -> list[torch.Tensor]:
+        """Multi-scale features of ``onset`` (B, 3, H, W): the stem map, then each stage's map.
+
+        Returns ``[stem (B, stem_channels, H/2, W/2), stage i (B, channels[i], ...)]``, the MA2MI decoder's skips.
+        """
         x = self.stem(onset)  # (B, stem, H/2, W/2)
         feats = [x]
         for stage in self.stages:
@@ -97,6 +101,7 @@ class PositionBranch(nn.Module):
         return feats
 
     def forward(self, onset: torch.Tensor) -> torch.Tensor:
+        """Position features: onset (B, 3, H, W) float32 -> (B, channels[-1], ceil(H/16), ceil(W/16))."""
         return self.forward_pyramid(onset)[-1]
 
 
@@ -131,6 +136,10 @@ class ActionBranch(nn.Module):
         init_weights(self)
 
     def forward_with_attention(self, onset: torch.Tensor, apex: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Action code and last-stage attention of onset, apex (B, 3, H, W).
+
+        Returns ``(code (B, code_channels, ceil(H/16), ceil(W/16)), attention (B, 1, h, w) in [0, 1])``.
+        """
         x = self.stem(apex - onset)  # (B, stem, H/2, W/2)
         attn = None
         for stage in self.stages:
@@ -139,12 +148,14 @@ class ActionBranch(nn.Module):
         return self.bottleneck(x), attn  # (B, code, h, w), (B, 1, h, w)
 
     def forward(self, onset: torch.Tensor, apex: torch.Tensor) -> torch.Tensor:
+        """Action code: onset, apex (B, 3, H, W) float32 -> (B, code_channels, ceil(H/16), ceil(W/16))."""
         return self.forward_with_attention(onset, apex)[0]
 
 
 def encoder_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The ``position_branch.*`` and ``action_branch.*`` entries of ``model.state_dict()`` (weights and BN
-    buffers), detached copies; the keys are the same for :class:`MIACNet` and :class:`MA2MI`.
+    """Detached copies of the ``position_branch.*`` and ``action_branch.*`` entries of ``model.state_dict()``.
+
+    The entries are weights and BN buffers; the keys are the same for :class:`MIACNet` and :class:`MA2MI`.
     """
     return {k: v.detach().clone() for k, v in model.state_dict().items() if k.startswith(ENCODER_PREFIXES)}
 

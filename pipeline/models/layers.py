@@ -75,6 +75,11 @@ class CABlock(nn.Module):
     def forward(
         self, x: torch.Tensor, attn_prev: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features and attention of ``x`` (B, in_channels, H, W), continuing ``attn_prev`` (B, 1, H, W) or None.
+
+        Returns ``(features (B, out_channels, ceil(H / stride), ceil(W / stride)), attention (B, 1, same h, w))``;
+        raises ValueError when ``attn_prev`` does not match ``x``.
+        """
         if attn_prev is not None and (
             attn_prev.shape[0] != x.shape[0] or attn_prev.shape[1] != 1 or attn_prev.shape[2:] != x.shape[2:]
         ):
@@ -92,8 +97,10 @@ class CABlock(nn.Module):
 
 
 def init_weights(module: nn.Module) -> None:
-    """ResNet-style initialisation, as MMNet's reference: Kaiming-normal (fan_out, ReLU) convolutions,
-    unit-scale zero-shift norms, zero biases. Linear layers are left to their own (timm / torch) init.
+    """ResNet-style initialisation of ``module``, as MMNet's reference.
+
+    Kaiming-normal (fan_out, ReLU) convolutions, unit-scale zero-shift norms, zero biases. Linear layers are left
+    to their own (timm / torch) init.
     """
     for m in module.modules():
         if isinstance(m, nn.Conv2d):

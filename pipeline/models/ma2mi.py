@@ -79,6 +79,7 @@ class ResidualDecoder(nn.Module):
     def forward(
         self, pyramid: Sequence[torch.Tensor], code: torch.Tensor, out_size: tuple[int, int]
     ) -> torch.Tensor:
+        """Residual frame (B, 3, H, W) float32 from the position ``pyramid``, the action ``code`` and ``out_size``."""
         x = self.start(torch.cat([pyramid[-1], code], dim=1))  # (B, d0, H/16, W/16)
         for level, skip in zip(self.levels, pyramid[2::-1], strict=True):  # skips at H/8, H/4, H/2
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)  # (B, d, hs, ws)
@@ -108,6 +109,7 @@ class MA2MI(nn.Module):
         self.decoder = ResidualDecoder(self.position_branch.pyramid_channels, params.code_channels)
 
     def forward(self, source: torch.Tensor, future: torch.Tensor) -> torch.Tensor:
+        """Predicted future (B, 3, H, W) float32 = source + predicted residual; both inputs (B, 3, H, W)."""
         check_frames(type(self).__name__, source, future)
         pyramid = self.position_branch.forward_pyramid(source)  # [(B, C_i, h_i, w_i)]
         code = self.action_branch(source, future)  # (B, code, H/16, W/16)
@@ -129,8 +131,9 @@ class MA2MI(nn.Module):
         return {"recon_loss": F.l1_loss(prediction, future), "copy_loss": copy_loss}
 
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:
-        """Detached copies of the ``position_branch.*`` and ``action_branch.*`` weights and buffers, with the
-        same keys as ``MIACNet.encoder_state_dict()``.
+        """Detached copies of the ``position_branch.*`` and ``action_branch.*`` weights and buffers.
+
+        The keys are the same as ``MIACNet.encoder_state_dict()``'s.
         """
         return encoder_state_dict(self)
 

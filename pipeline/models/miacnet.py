@@ -86,18 +86,22 @@ class MIACNet(nn.Module):
         self.num_classes = num_classes
 
     def forward_features(self, onset: torch.Tensor, apex: torch.Tensor) -> torch.Tensor:
+        """Fused map (B, num_features, ceil(H/16), ceil(W/16)) of onset, apex (B, 3, H, W) float32."""
         check_frames(type(self).__name__, onset, apex)
         position = self.position_branch(onset)  # (B, Cp, h, w)
         action = self.action_branch(onset, apex)  # (B, code, h, w)
         return self.fuse_act(self.position_proj(position) + self.action_proj(action))  # (B, C, h, w)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Logits (B, K) of a fused map ``x``, or pooled features (B, num_features) with ``pre_logits=True``."""
         return self.head(x, pre_logits=pre_logits)  # (B, K) or (B, C)
 
     def forward(self, onset: torch.Tensor, apex: torch.Tensor) -> torch.Tensor:
+        """Logits (B, K) float32, unnormalised, of onset, apex (B, 3, H, W) float32 ImageNet-normalised."""
         return self.forward_head(self.forward_features(onset, apex))
 
     def get_classifier(self) -> nn.Module:
+        """The final linear layer (timm's contract)."""
         return self.head.fc
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:

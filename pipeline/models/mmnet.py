@@ -82,6 +82,7 @@ class MMNetMainBranch(nn.Module):
         init_weights(self.stages)
 
     def forward(self, onset: torch.Tensor, apex: torch.Tensor) -> torch.Tensor:
+        """Motion features: onset, apex (B, 3, 224, 224) float32 -> (B, 512, 14, 14)."""
         x = self.stem(self.conv_act(apex - onset))  # (B, 128, H/2, W/2)
         attn = None
         for stage in self.stages:
@@ -119,6 +120,7 @@ class PositionCalibration(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, onset: torch.Tensor) -> torch.Tensor:
+        """Position features: onset (B, 3, H, W) float32, any H, W -> (B, 512, 14, 14) float32."""
         x = F.interpolate(onset, size=(MAP_SIZE, MAP_SIZE), mode="bilinear", align_corners=False)  # (B, 3, 14, 14)
         x = self.patch_embed(x) + self.pos_embed  # (B, 196, 512), token i = pixel (i // 14, i % 14)
         x = self.norm(self.blocks(x))  # (B, 196, 512)
@@ -172,6 +174,7 @@ class MMNet(nn.Module):
         return nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_features(self, onset: torch.Tensor, apex: torch.Tensor) -> torch.Tensor:
+        """Fused map (B, 512, 14, 14) = main branch + PC module, of onset, apex (B, 3, 224, 224) float32."""
         check_frames(type(self).__name__, onset, apex)
         if tuple(onset.shape[2:]) != (self.image_size_px, self.image_size_px):
             raise ValueError(
@@ -183,13 +186,16 @@ class MMNet(nn.Module):
         return action + position  # (B, 512, 14, 14)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Logits (B, K) of a fused map ``x``, or the flattened map (B, 100352) with ``pre_logits=True``."""
         x = torch.flatten(x, 1)  # (B, 512 * 14 * 14)
         return x if pre_logits else self.fc(x)  # (B, 100352) or (B, K)
 
     def forward(self, onset: torch.Tensor, apex: torch.Tensor) -> torch.Tensor:
+        """Logits (B, K) float32, unnormalised, of onset, apex (B, 3, 224, 224) float32 ImageNet-normalised."""
         return self.forward_head(self.forward_features(onset, apex))
 
     def get_classifier(self) -> nn.Module:
+        """The final linear layer (an identity with no classes; timm's contract)."""
         return self.fc
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
@@ -210,8 +216,9 @@ class MMNet(nn.Module):
 
 
 def mmnet_from_params(params: ModelParams, num_classes: int) -> MMNet:
-    """:class:`MMNet` from the ``model`` section: only ``image_size_px`` is read (it must be 224); widths and
-    depths are fixed by the reference.
+    """:class:`MMNet` from the ``model`` section.
+
+    Only ``image_size_px`` is read (it must be 224); widths and depths are fixed by the reference.
 
     Raises:
         ValueError: ``params.image_size_px`` != 224.

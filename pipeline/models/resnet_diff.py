@@ -89,16 +89,20 @@ class ResNetDiff(nn.Module):
         self.num_classes = num_classes
 
     def forward_features(self, onset: torch.Tensor, apex: torch.Tensor) -> torch.Tensor:
+        """Backbone map (B, 512, ceil(H/32), ceil(W/32)) of ``apex - onset``; inputs (B, 3, H, W) float32."""
         check_frames(type(self).__name__, onset, apex)
         return self.backbone.forward_features(apex - onset)  # (B, 512, H/32, W/32)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Logits (B, K) of a backbone map ``x``, or pooled features (B, 512) with ``pre_logits=True``."""
         return self.backbone.forward_head(x, pre_logits=pre_logits)  # (B, K) or (B, 512)
 
     def forward(self, onset: torch.Tensor, apex: torch.Tensor) -> torch.Tensor:
+        """Logits (B, K) float32, unnormalised, of onset, apex (B, 3, H, W) float32 ImageNet-normalised."""
         return self.forward_head(self.forward_features(onset, apex))
 
     def get_classifier(self) -> nn.Module:
+        """The backbone's classifier (timm's contract)."""
         return self.backbone.get_classifier()
 
     def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
