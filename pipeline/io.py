@@ -52,24 +52,47 @@ def atomic_path(destination: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def _recover(destination: Path) -> None:
+    """Finish or undo what a killed :func:`atomic_dir` left beside ``destination``.
+
+    A ``.<name>.partial-*`` folder is never complete: it is removed. A ``.<name>.old-*`` folder is the previous
+    output moved aside: it is put back when ``destination`` is missing (the kill came before the new folder was
+    renamed in), else removed (the new folder is in place).
+    """
+    for stale in destination.parent.glob(f".{destination.name}.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for old in sorted(destination.parent.glob(f".{destination.name}.old-*")):
+        if not destination.exists():
+            os.replace(old, destination)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_dir(destination: str | Path) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``destination``; on success replace ``destination`` with it.
 
-    A killed or failed run leaves ``destination`` as it was (plus, at worst, a stale ``.<name>.partial-*``
-    folder that the next run removes).
+    The replacement never leaves a partial folder in place: the old ``destination`` is renamed aside
+    (``.<name>.old-*``), the new folder renamed in, then the old one deleted. A run killed at any point leaves
+    either the old folder or the new one at ``destination`` (for the instant between the two renames, the old one
+    under its ``.old-*`` name, which the next :func:`atomic_dir` on the same destination puts back), plus at worst
+    a stale ``.<name>.partial-*`` folder that the next run removes. A failed run (an exception in the block)
+    leaves ``destination`` as it was.
     """
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    for stale in destination.parent.glob(f".{destination.name}.partial-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    _recover(destination)
     tmp = Path(tempfile.mkdtemp(prefix=f".{destination.name}.partial-", dir=destination.parent))
     tmp.chmod(0o755)  # mkdtemp creates 0700
     try:
         yield tmp
+        old = None
         if destination.exists():
-            shutil.rmtree(destination)
+            old = Path(tempfile.mkdtemp(prefix=f".{destination.name}.old-", dir=destination.parent))
+            os.replace(destination, old)  # a rename: the old output stays whole, under another name
         os.replace(tmp, destination)
+        if old is not None:
+            shutil.rmtree(old)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
