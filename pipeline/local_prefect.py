@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -26,6 +28,7 @@ import httpx
 __all__ = ["free_port", "local_server", "wait_for_api"]
 
 DEFAULT_HOME = Path(".cache/prefect")
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 def free_port() -> int:
@@ -53,6 +56,26 @@ def wait_for_api(api_url: str, server: subprocess.Popen, timeout_s: float) -> No
     raise TimeoutError(f"prefect server on {api_url} did not answer within {timeout_s:.0f} s")
 
 
+def _die_with(parent_pid: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child receive SIGKILL when its parent dies.
+
+    Linux's ``PR_SET_PDEATHSIG`` works even when the parent is SIGKILLed, so a killed stage leaves no server
+    behind. None where prctl is unavailable (not Linux).
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+
+    def arm() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent_pid:  # the parent died before the line above: nothing would signal us
+            os._exit(1)
+
+    return arm
+
+
 @contextlib.contextmanager
 def local_server(home: Path = DEFAULT_HOME, timeout_s: float = 120) -> Iterator[str]:
     """A ``prefect server start --no-services`` on 127.0.0.1 with ``PREFECT_HOME=home``.
@@ -71,7 +94,8 @@ def local_server(home: Path = DEFAULT_HOME, timeout_s: float = 120) -> Iterator[
     with open(home / "server.log", "ab") as log:
         server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                                    "--port", str(port), "--no-services"], env=env, stdout=log,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
+                                  stderr=subprocess.STDOUT, start_new_session=True,
+                                  preexec_fn=_die_with(os.getpid()))
     try:
         try:
             wait_for_api(api_url, server, timeout_s)

@@ -11,6 +11,7 @@ so a stage may import its modules in any order.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -19,7 +20,9 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE as NO_CACHE
-from prefect.settings import PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
+from prefect.settings import PREFECT_API_URL, PREFECT_HOME, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
+
+from pipeline.local_prefect import local_server
 
 __all__ = ["NO_CACHE", "flow", "get_run_logger", "route_library_logs", "run_stage", "stage_task", "task"]
 
@@ -50,8 +53,13 @@ def run_stage(stage_flow: Callable[..., Any], **kwargs: Any) -> Any:
     """Run ``stage_flow(**kwargs)`` as a stage's ``main()``.
 
     Routes the library's logs into the run (:func:`route_library_logs`), turns Prefect's server analytics off
-    unless the user set ``PREFECT_SERVER_ANALYTICS_ENABLED`` (it also races the ephemeral SQLite database), and
-    exits non-zero on failure with the error message on stderr (DVC then marks the stage failed).
+    unless the user set ``PREFECT_SERVER_ANALYTICS_ENABLED`` (it also races the SQLite database), and exits
+    non-zero on failure with the error message on stderr (DVC then marks the stage failed).
+
+    Without ``PREFECT_API_URL`` the stage starts its own local server (:func:`pipeline.local_prefect.
+    local_server`, database under ``PREFECT_HOME`` as Prefect's ephemeral API would use) instead of Prefect's
+    ephemeral API: that server is tied to this process and dies with it even when the stage is SIGKILLed, where
+    the ephemeral API's server outlived a killed stage.
 
     Returns:
         What the flow returned.
@@ -62,7 +70,10 @@ def run_stage(stage_flow: Callable[..., Any], **kwargs: Any) -> Any:
     route_library_logs()
     updates = {} if "PREFECT_SERVER_ANALYTICS_ENABLED" in os.environ else {PREFECT_SERVER_ANALYTICS_ENABLED: False}
     try:
-        with temporary_settings(updates=updates):
+        with contextlib.ExitStack() as stack:
+            if not PREFECT_API_URL.value():
+                updates[PREFECT_API_URL] = stack.enter_context(local_server(PREFECT_HOME.value()))
+            stack.enter_context(temporary_settings(updates=updates))
             return stage_flow(**kwargs)
     except Exception as err:  # report the message, not only Prefect's traceback
         print(f"stage failed: {type(err).__name__}: {err}", file=sys.stderr)

@@ -3,6 +3,7 @@ run against a local Prefect server started for it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -73,3 +74,44 @@ def test_a_command_runs_against_a_local_server_that_is_stopped_afterwards(tmp_pa
     assert (home / "prefect.db").is_file()  # the runs are kept in the server's database
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{api_url}/health", timeout=2)  # the server is gone
+
+
+SLEEPER = """
+import time
+from pipeline.orchestration import flow, run_stage
+
+@flow(name="sleeper")
+def sleeper():
+    print("flow started", flush=True)
+    time.sleep(600)
+
+run_stage(sleeper)
+"""
+
+
+def test_a_killed_stage_leaves_no_process_behind(tmp_path):
+    """SIGKILL of a stage process (what a killed `dvc repro` or an OOM kill does) takes its Prefect server along."""
+    import signal
+
+    import psutil
+
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    env.pop("PREFECT_API_URL", None)
+    stage = subprocess.Popen([sys.executable, "-c", SLEEPER], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, env=env)
+    try:
+        for line in stage.stdout:
+            if "flow started" in line:
+                break
+        children = psutil.Process(stage.pid).children(recursive=True)
+        assert children, "the stage runs its flow against a server of its own"
+        stage.send_signal(signal.SIGKILL)
+        stage.wait(30)
+        _, alive = psutil.wait_procs(children, timeout=30)
+        assert not alive, f"still running after the stage was killed: {[p.cmdline() for p in alive]}"
+    finally:
+        if stage.poll() is None:
+            stage.kill()
+        for child in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
