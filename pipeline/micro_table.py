@@ -1,7 +1,9 @@
 """The samples table that ``ingest_micro`` writes and fine-tuning and evaluation read (``paths.micro_dir``).
 
 Files: ``samples.parquet`` (one row per sample: ids, subject, frames, ``label``, ``label_name``, the onset/apex
-crops as PNG bytes) and ``summary.json`` (counts, and ``classes``: the class names in label order). Readers need
+crops as PNG bytes), ``dropped.parquet`` (``source_dataset, sheet_row, subject, clip, reason`` of every annotation
+row that is not a sample) and ``summary.json`` (counts, the dropped rows, the apex fixes, and ``classes``: the
+class names in label order); subjects are ``<source>/<subject>`` (``casme2/sub01``) in all of them. Readers need
 only this module, not the ingestion code or any dataset adapter.
 """
 

@@ -3,8 +3,9 @@
 Outputs under ``paths.micro_dir`` (:mod:`pipeline.micro_table`): ``samples.parquet`` (``sample_id, dataset,
 source_dataset, subject, clip, onset_frame, apex_frame, offset_frame, label, label_name, action_units`` +
 ``onset_image``/``apex_image`` PNG bytes), ``dropped.parquet`` (every annotation row that is not a sample, with
-its reason), ``summary.json`` (counts per class, subject and source; the class list; the dropped rows) and
-``summary.md`` (the same, for people). Run: ``python -m stages.ingest_micro``.
+its reason), ``summary.json`` (counts per class, subject and source; the class list; the dropped rows; the apex
+fixes of ``micro.apex_outside = middle``) and ``summary.md`` (the same, for people). Subjects are ``<source>/<id>``
+in every file. Run: ``python -m stages.ingest_micro``.
 """
 
 from __future__ import annotations
@@ -20,16 +21,17 @@ from pipeline.orchestration import flow, get_run_logger, run_stage
 def ingest_micro_flow(params_path: str = "params.yaml") -> dict:
     """Read ``micro.root`` through its dataset adapter and write the samples table."""
     params = load_params(params_path)
-    samples, dropped, classes = ingest_micro(params.micro)
-    summary = summarise(samples, dropped, classes, params.micro.protocol)
+    samples, dropped, classes, fixes = ingest_micro(params.micro)
+    summary = summarise(samples, dropped, classes, params.micro.protocol, fixes)
     with atomic_dir(params.paths.micro_dir) as out:
         write_parquet(samples.drop(columns=["onset_path", "apex_path"]), out / SAMPLES_FILE)
         write_parquet(dropped.astype({"sheet_row": "int64"}), out / DROPPED_FILE)
         write_json(summary, out / SUMMARY_FILE)
-        (out / "summary.md").write_text(summary_markdown(samples, dropped, summary))
-    get_run_logger().info("%d samples from %d subjects %s; %d annotation rows dropped", summary["samples"],
-                          summary["subjects"], summary["per_class"], summary["dropped"])
-    return {k: v for k, v in summary.items() if k != "dropped_rows"}
+        (out / "summary.md").write_text(summary_markdown(samples, dropped, summary, fixes))
+    get_run_logger().info("%d samples from %d subjects %s; %d annotation rows dropped; %d apexes moved to the "
+                          "middle frame", summary["samples"], summary["subjects"], summary["per_class"],
+                          summary["dropped"], summary["apex_fixes"])
+    return {k: v for k, v in summary.items() if k not in ("dropped_rows", "apex_fix_rows")}
 
 
 def main() -> None:

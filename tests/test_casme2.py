@@ -23,7 +23,7 @@ def _params(root, **kw):
 @pytest.mark.parametrize("sheet", ["CASME2-coding-20140508.xlsx", "CASME2-coding-20190701.xlsx"])
 def test_real_sheets_every_row_ends_somewhere(shared_annotations, tmp_path, sheet):
     path = shared_annotations / "casme2" / sheet
-    samples, dropped, classes, _ = load_dataset(_params(tmp_path, dataset="casme2", annotation=path,
+    samples, dropped, classes, _, _ = load_dataset(_params(tmp_path, dataset="casme2", annotation=path,
                                                         casme2_frames="raw"))
     assert len(samples) + len(dropped) == 255
     assert classes == ["negative", "positive", "surprise"]
@@ -39,12 +39,13 @@ def test_real_sheets_every_row_ends_somewhere(shared_annotations, tmp_path, shee
                                                  ("CASME2-coding-20190701.xlsx", 249)])
 def test_real_sheets_casme2_5class_counts(shared_annotations, tmp_path, sheet, expected):
     path = shared_annotations / "casme2" / sheet
-    samples, dropped, classes, notes = load_dataset(_params(tmp_path, dataset="casme2", annotation=path,
+    samples, dropped, classes, fixes, _ = load_dataset(_params(tmp_path, dataset="casme2", annotation=path,
                                                             protocol="casme2-5class"))
     assert len(samples) == expected and len(samples) + len(dropped) == 255
     assert classes == ["happiness", "disgust", "repression", "surprise", "others"]
     assert set(dropped["reason"].str.extract(r"emotion '(\w+)'")[0]) == {"sadness", "fear"}
     # the '/' apex of 04/EP12_01f: kept, with the middle frame, and logged with file, row and column
+    notes = fixes["reason"].tolist()  # the apex fixes that kept a row
     assert notes == [f"{sheet} row 31: column ApexFrame is not a frame number: apex set to the middle frame 291"]
     assert samples.loc[samples["clip"] == "EP12_01f", "apex_frame"].tolist() == [291]
 
@@ -75,7 +76,7 @@ ROWS = [
 
 def test_adapter_on_a_tree_in_the_casme2_layout(tmp_path):
     _write_tree(tmp_path, ROWS)
-    samples, dropped, classes = ingest_micro(_params(tmp_path), progress=False)
+    samples, dropped, classes, _ = ingest_micro(_params(tmp_path), progress=False)
     assert classes == ["negative", "positive", "surprise"]
     assert samples["subject"].tolist() == ["demo/sub01", "demo/sub01", "demo/sub02"]
     assert samples["label_name"].tolist() == ["positive", "negative", "surprise"]
@@ -88,7 +89,7 @@ def test_missing_frame_file_is_dropped_with_its_name(tmp_path):
     _write_tree(tmp_path, ROWS)
     missing = tmp_path / "Cropped" / "sub01" / "EP02_01" / "reg_img22.jpg"
     missing.unlink()
-    samples, dropped, _ = ingest_micro(_params(tmp_path), progress=False)
+    samples, dropped, _, _ = ingest_micro(_params(tmp_path), progress=False)
     assert len(samples) == 2
     assert dropped["reason"].str.contains(str(missing), regex=False).any()
 
@@ -108,20 +109,21 @@ BAD_ROWS = [*ROWS, ("", "EP09_01", 1, 2, 3, "12", "happiness"), ("03", "EP09_02"
 
 def test_bad_cells_name_row_and_column(tmp_path):
     _write_tree(tmp_path, ROWS, sheet_rows=BAD_ROWS)
-    samples, dropped, _, notes = load_dataset(_params(tmp_path))
+    samples, dropped, _, fixes, _ = load_dataset(_params(tmp_path))
     reasons = " | ".join(dropped["reason"])
     assert "row 6: empty Subject" in reasons
     assert len(samples) + len(dropped) == len(BAD_ROWS)
     fixed = samples[samples["clip"] == "EP09_02"]
     assert fixed["apex_frame"].tolist() == [10]  # the middle of [9, 12]
+    notes = fixes["reason"].tolist()  # the apex fixes that kept a row
     assert notes == ["CASME2-coding-20140508.xlsx row 7: apex 20 outside [onset 9, offset 12]: "
                      "apex set to the middle frame 10"]
 
 
 def test_apex_outside_can_drop_instead(tmp_path):
     _write_tree(tmp_path, ROWS, sheet_rows=BAD_ROWS)
-    samples, dropped, _, notes = load_dataset(_params(tmp_path, apex_outside="drop"))
-    assert "EP09_02" not in set(samples["clip"]) and not notes
+    samples, dropped, _, fixes, _ = load_dataset(_params(tmp_path, apex_outside="drop"))
+    assert "EP09_02" not in set(samples["clip"]) and fixes.empty
     assert dropped["reason"].str.contains(r"row 7: apex 20 outside \[onset 9, offset 12\]: dropped").any()
     assert len(samples) + len(dropped) == len(BAD_ROWS)
 
@@ -133,7 +135,7 @@ def test_adapter_reads_the_synthesized_demo_exactly(tmp_path, raw_params):
 
     synth = SynthesizeParams(**shrink(raw_params)["synthesize"])
     truth = render_demo(synth, tmp_path / "micro", tmp_path / "macro", progress=False)
-    samples, dropped, _ = ingest_micro(_params(tmp_path / "micro", image_size_px=48), progress=False)
+    samples, dropped, _, _ = ingest_micro(_params(tmp_path / "micro", image_size_px=48), progress=False)
     assert dropped.empty
     assert len(samples) == synth.n_subjects * synth.clips_per_class * 3 == len(truth)
     merged = samples.assign(subject=samples["subject"].str.removeprefix("demo/")).merge(

@@ -64,7 +64,7 @@ def casme3_sheet(shared_annotations):
 
 
 def test_casme3_real_sheet_middle(casme3_sheet, tmp_path):
-    samples, dropped, classes, notes = load_dataset(_params(tmp_path, annotation=casme3_sheet))
+    samples, dropped, classes, fixes, _ = load_dataset(_params(tmp_path, annotation=casme3_sheet))
     assert len(samples) == 857 and len(dropped) == 3
     _every_row_once(samples, dropped, 860)
     assert samples["subject"].nunique() == 94 and samples["subject"].str.fullmatch(r"casme3/spNO\.\d+").all()
@@ -78,21 +78,22 @@ def test_casme3_real_sheet_middle(casme3_sheet, tmp_path):
         f"{CASME3_SHEET} row 798: Offset 0 is before Onset 1812 (not an interval)",
         f"{CASME3_SHEET} row 800: Offset 0 is before Onset 2327 (not an interval)",
     ]
+    notes = fixes["reason"].tolist()  # the apex fixes that kept a row
     assert notes == [f"{CASME3_SHEET} row 130: apex 83 outside [onset 112, offset 358]: "
                      "apex set to the middle frame 235"]
     assert samples["apex_path"].iloc[1] == str(tmp_path / "spNO.1" / "b" / "color" / "175.jpg")
 
 
 def test_casme3_real_sheet_drop(casme3_sheet, tmp_path):
-    samples, dropped, _, notes = load_dataset(_params(tmp_path, annotation=casme3_sheet, apex_outside="drop"))
-    assert len(samples) == 856 and len(dropped) == 4 and not notes
+    samples, dropped, _, fixes, _ = load_dataset(_params(tmp_path, annotation=casme3_sheet, apex_outside="drop"))
+    assert len(samples) == 856 and len(dropped) == 4 and fixes.empty
     _every_row_once(samples, dropped, 860)
     assert dropped["reason"].str.contains(r"before Onset|apex 83 outside \[onset 112, offset 358\]: dropped").all()
-    assert set(dropped["subject"]) == {"spNO.40", "spNO.216", "spNO.149"}
+    assert set(dropped["subject"]) == {"casme3/spNO.40", "casme3/spNO.216", "casme3/spNO.149"}
 
 
 def test_casme3_three_classes(casme3_sheet, tmp_path):
-    samples, dropped, classes, _ = load_dataset(_params(tmp_path, annotation=casme3_sheet,
+    samples, dropped, classes, _, _ = load_dataset(_params(tmp_path, annotation=casme3_sheet,
                                                         protocol="megc2019-3class"))
     assert classes == ["negative", "positive", "surprise"]
     assert samples["label_name"].value_counts().to_dict() == {"negative": 457, "surprise": 187, "positive": 55}
@@ -116,7 +117,7 @@ def casme3_ingested(casme3_sheet, tmp_path_factory):
 
 
 def test_casme3_ingest_reads_the_right_frames(casme3_ingested):
-    (samples, dropped, classes), missing = casme3_ingested
+    (samples, dropped, classes, _), missing = casme3_ingested
     assert len(samples) == 856 and len(dropped) == 4 and classes == CASME3_NATIVE
     _assert_right_frames(samples, 16)
     lost = dropped[dropped["reason"].str.contains(str(missing), regex=False)]
@@ -148,7 +149,7 @@ def test_casme3_bad_cells_name_row_and_column(tmp_path):
             ("", "c", "1", "2", "3", "4", "III", "disgust"), ("NO.3", "c", "1", "2", "3", "4", "III", "disgust"),
             ("spNO.2", "", "1", "2", "3", "4", "III", "disgust"), ("spNO.2", "a", "1", "/", "3", "4", "III", "Others")]
     _casme3_sheet(tmp_path / CASME3_SHEET, rows)
-    samples, dropped, classes, notes = load_dataset(_params(tmp_path))
+    samples, dropped, classes, fixes, _ = load_dataset(_params(tmp_path))
     assert dropped["reason"].tolist() == [
         f"{CASME3_SHEET} row 3 column Onset: 'abc' is not a frame number",
         f"{CASME3_SHEET} row 4: empty Subject",
@@ -157,6 +158,7 @@ def test_casme3_bad_cells_name_row_and_column(tmp_path):
     ]
     assert samples["sample_id"].tolist() == ["casme3/spNO.1/b/166", "casme3/spNO.2/a/1"]
     assert classes == ["disgust", "others"] and samples["apex_frame"].tolist() == [175, 2]
+    notes = fixes["reason"].tolist()  # the apex fixes that kept a row
     assert notes == [f"{CASME3_SHEET} row 7: column Apex is not a frame number: apex set to the middle frame 2"]
 
 
@@ -169,8 +171,8 @@ def mmew_sheet(shared_annotations):
 
 
 def test_mmew_real_sheet(mmew_sheet, tmp_path):
-    samples, dropped, classes, notes = load_dataset(_params(tmp_path, dataset="mmew", annotation=mmew_sheet))
-    assert len(samples) == 234 and dropped.empty and not notes
+    samples, dropped, classes, fixes, _ = load_dataset(_params(tmp_path, dataset="mmew", annotation=mmew_sheet))
+    assert len(samples) == 234 and dropped.empty and fixes.empty
     _every_row_once(samples, dropped, 234)
     assert samples["subject"].nunique() == 30 and samples["subject"].str.fullmatch(r"mmew/S\d\d").all()
     assert samples["sample_id"].iloc[0] == "mmew/S01/S01-01-001/1"
@@ -188,7 +190,7 @@ def test_mmew_ingest_reads_the_right_frames(mmew_sheet, tmp_path):
                    for n in (r.OnsetFrame, r.ApexFrame)})
     missing = tmp_path / "Micro_Expression" / "fear" / "S30-05-001" / "10.jpg"  # the apex of the last fear row
     missing.unlink()
-    samples, dropped, classes = ingest_micro(_params(tmp_path, dataset="mmew"), progress=False)
+    samples, dropped, classes, _ = ingest_micro(_params(tmp_path, dataset="mmew"), progress=False)
     assert len(samples) == 233 and len(dropped) == 1 and len(classes) == 6
     _assert_right_frames(samples, 16)
     assert str(missing) in dropped["reason"].iloc[0] and dropped["subject"].iloc[0] == "mmew/S30"
@@ -213,9 +215,9 @@ def test_mmew_bad_input(tmp_path):
             ("2", "S02-02-001", "1", "17", "39", "5", "", ""),
             ("2", "S02-02-002", "30", "17", "9", "5", "surprise", ""),
             ("2", "S02-02-003", "1", "17", "39", "5", "surprise", ""),
-            ("2", "S02-02-003", "1", "17", "39", "5", "fear", "")]
+            ("2", "S02-02-003", "2", "17", "39", "5", "fear", "")]  # another onset: not a repeated row
     pd.DataFrame(rows, columns=MMEW_COLUMNS).to_csv(tmp_path / MMEW_SHEET, index=False)
-    samples, dropped, _, _ = load_dataset(_params(tmp_path, dataset="mmew"))
+    samples, dropped, _, _, _ = load_dataset(_params(tmp_path, dataset="mmew"))
     assert dropped["reason"].tolist() == [
         f"{MMEW_SHEET} row 3 column OnsetFrame: 'x1' is not a frame number",
         f"{MMEW_SHEET} row 4: empty Subject",

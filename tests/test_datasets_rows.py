@@ -60,7 +60,7 @@ def test_mmew_own_checks_come_after_the_shared_ones(tmp_path):
     rows = [("1", "S01-01-001", "1", "15", "31", "12", "happiness"),
             ("2", "S01-02-001", "x", "15", "31", "12", "happiness"),  # a foreign Filename and a bad onset
             ("2", "S02-02-001", "1", "15", "31", "12", ""),
-            ("1", "S01-01-001", "1", "15", "31", "12", "fear")]
+            ("1", "S01-01-001", "2", "15", "31", "12", "fear")]  # another onset: not a repeated row
     pd.DataFrame(rows, columns=list(mmew.COLUMNS.values())).to_csv(tmp_path / "m.csv", index=False)
     kept, dropped = mmew.read_sheet(tmp_path / "m.csv")
     assert kept["sheet_row"].tolist() == [2]

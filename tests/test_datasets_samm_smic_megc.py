@@ -7,6 +7,7 @@ the adapters.
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import cv2
@@ -92,7 +93,7 @@ def _smic_folder_tree(root, annotations):
 
 def test_samm_native_counts_and_apex_anomalies(shared_annotations, tmp_path):
     _samm_tree(tmp_path, shared_annotations, clips=[])
-    samples, dropped, classes, notes = load_dataset(_params(tmp_path))
+    samples, dropped, classes, fixes, _ = load_dataset(_params(tmp_path))
     assert len(samples) == 159 and dropped.empty
     assert samples["subject"].nunique() == 29 and samples["subject"].str.fullmatch(r"samm/\d{3}").all()
     assert samples["label_name"].value_counts().to_dict() == {
@@ -100,6 +101,7 @@ def test_samm_native_counts_and_apex_anomalies(shared_annotations, tmp_path):
         "sadness": 6}
     assert classes == sorted(classes) and len(classes) == 8
     assert samples["sheet_row"].min() == 15  # 13 preamble rows, header on row 14
+    notes = fixes["reason"].tolist()  # the apex fixes that kept a row
     assert notes == [f"{SAMM_SHEET} row 140: apex 1143 outside [onset 1071, offset 1134]: apex set to the middle "
                      "frame 1102",
                      f"{SAMM_SHEET} row 147: apex 1930 outside [onset 4896, offset 4970]: apex set to the middle "
@@ -108,8 +110,8 @@ def test_samm_native_counts_and_apex_anomalies(shared_annotations, tmp_path):
     assert first["onset_path"] == str(tmp_path / "SAMM" / "006" / "006_1_2" / "006_05562.jpg")
     assert first["emotion"] == "Anger" and first["action_units"] == "4+7"
 
-    samples, dropped, _, notes = load_dataset(_params(tmp_path, apex_outside="drop"))
-    assert len(samples) == 157 and not notes
+    samples, dropped, _, fixes, _ = load_dataset(_params(tmp_path, apex_outside="drop"))
+    assert len(samples) == 157 and fixes.empty
     assert dropped["clip"].tolist() == ["028_4_1", "032_3_1"]
     assert dropped["reason"].str.contains(r"outside \[onset \d+, offset \d+\]: dropped").all()
 
@@ -118,7 +120,7 @@ def test_samm_frames_are_read_and_a_missing_one_is_named(shared_annotations, tmp
     _samm_tree(tmp_path, shared_annotations)
     missing = tmp_path / "SAMM" / "006" / "006_1_3" / "006_03912.jpg"
     missing.unlink()
-    samples, dropped, _ = ingest_micro(_params(tmp_path), progress=False)
+    samples, dropped, _, _ = ingest_micro(_params(tmp_path), progress=False)
     assert len(samples) == 158 and len(dropped) == 1
     assert dropped["clip"].tolist() == ["006_1_3"] and str(missing) in dropped["reason"].iloc[0]
     assert samples.loc[samples["clip"] == "028_4_1", "apex_frame"].tolist() == [1102]  # read from disk
@@ -145,11 +147,12 @@ def test_samm_bad_input_is_named(tmp_path):
     rows = [SAMM_ROW, {**SAMM_ROW, "Subject": None}, {**SAMM_ROW, "Onset Frame": "n/a"},
             {**SAMM_ROW, "Offset Frame": 8}, {**SAMM_ROW, "Filename": "006_1_3", "Apex Frame": "?"}]
     _write_samm(tmp_path / "bad.xlsx", rows)
-    samples, dropped, _, notes = load_dataset(_params(tmp_path, annotation=tmp_path / "bad.xlsx"))
+    samples, dropped, _, fixes, _ = load_dataset(_params(tmp_path, annotation=tmp_path / "bad.xlsx"))
     assert dropped["reason"].tolist() == ["bad.xlsx row 16: empty Subject",
                                           "bad.xlsx row 17 column Onset Frame: 'n/a' is not a frame number",
                                           "bad.xlsx row 18: Offset Frame 8 is before Onset Frame 10"]
     assert samples["clip"].tolist() == ["006_1_2", "006_1_3"] and samples["apex_frame"].tolist() == [12, 12]
+    notes = fixes["reason"].tolist()  # the apex fixes that kept a row
     assert notes == ["bad.xlsx row 19: column Apex Frame is not a frame number: apex set to the middle frame 12"]
 
 
@@ -164,7 +167,7 @@ def test_smic_hs_e_sheet(shared_annotations, tmp_path, name, counts):
     for subject, clip, frames in zip(sheet["Subject"], sheet["Filename"], _frames(sheet, apex="onset"), strict=True):
         folder = tmp_path / "HS_long" / "SMIC_HS_E" / f"s{int(subject):02d}" / clip
         _touch(folder / f"image{n:06d}.jpg" for n in frames)
-    samples, dropped, classes = ingest_micro(_params(tmp_path, dataset="smic", smic_labels="sheet"), progress=False)
+    samples, dropped, classes, _ = ingest_micro(_params(tmp_path, dataset="smic", smic_labels="sheet"), progress=False)
     assert dropped.empty and len(samples) == sum(counts.values())  # _orig: the 'MISSING' FirstF is not needed
     assert samples["subject"].nunique() == 16 and samples["subject"].str.fullmatch(r"smic/s\d+").all()
     assert samples["label_name"].value_counts().to_dict() == counts and classes == list(counts)
@@ -176,8 +179,8 @@ def test_smic_hs_e_sheet(shared_annotations, tmp_path, name, counts):
 
 def test_smic_folders_and_spotted_apex(shared_annotations, tmp_path):
     labels = _smic_folder_tree(tmp_path, shared_annotations)
-    samples, dropped, _, notes = load_dataset(_params(tmp_path, dataset="smic"))
-    assert len(samples) == 164 and dropped.empty and not notes
+    samples, dropped, _, fixes, _ = load_dataset(_params(tmp_path, dataset="smic"))
+    assert len(samples) == 164 and dropped.empty and fixes.empty
     assert samples["subject"].nunique() == 16 and set(samples["subject"].str.split("/").str[0]) == {"smic"}
     assert dict(zip(samples["clip"], samples["label_name"], strict=True)) == labels
     assert samples["sheet_row"].tolist() == list(range(1, 165))
@@ -190,10 +193,10 @@ def test_smic_folders_and_spotted_apex(shared_annotations, tmp_path):
     spotted = pd.DataFrame({"subject": ["s01", "1"], "clip": ["s01_ne_01", "s1_ne_03"],
                             "apex_frame": [559741, "n/a"]})
     spotted.to_csv(tmp_path / "apex.csv", index=False)
-    samples, _, _, notes = load_dataset(_params(tmp_path, dataset="smic", smic_apex=tmp_path / "apex.csv"))
+    samples, _, _, fixes, _ = load_dataset(_params(tmp_path, dataset="smic", smic_apex=tmp_path / "apex.csv"))
     assert samples.loc[samples["clip"] == "s1_ne_01", "apex_frame"].item() == 559741
     assert samples.loc[samples["clip"] == "s1_ne_01", "apex_path"].item().endswith("s1_ne_01/image559741.bmp")
-    assert len(notes) == 163 and "column apex_frame of apex.csv is not a frame number" in notes[0]
+    assert len(fixes) == 163 and "column apex_frame of apex.csv is not a frame number" in fixes["reason"].iloc[0]
 
 
 def test_smic_bad_input_is_named(tmp_path):
@@ -201,7 +204,7 @@ def test_smic_bad_input_is_named(tmp_path):
         load_dataset(_params(tmp_path, dataset="smic"))
     (tmp_path / "HS" / "s1" / "micro" / "negative" / "s1_ne_01").mkdir(parents=True)
     _touch([tmp_path / "HS" / "s1" / "micro" / "positive" / "s1_po_01" / "image7.bmp"], BMP)
-    samples, dropped, _, _ = load_dataset(_params(tmp_path, dataset="smic"))
+    samples, dropped, _, _, _ = load_dataset(_params(tmp_path, dataset="smic"))
     assert samples["clip"].tolist() == ["s1_po_01"] and samples["apex_frame"].tolist() == [7]
     assert dropped["reason"].str.endswith("s1_ne_01: no .bmp frame file").tolist() == [True]
     with pytest.raises(ValueError, match="smic_labels = folders"):
@@ -211,7 +214,7 @@ def test_smic_bad_input_is_named(tmp_path):
                           "Emotion": ["negative"] * 3})
     with pd.ExcelWriter(tmp_path / "hs.xlsx") as writer:
         sheet.to_excel(writer, sheet_name="HS", index=False)
-    samples, dropped, _, _ = load_dataset(_params(tmp_path, dataset="smic", smic_labels="sheet",
+    samples, dropped, _, _, _ = load_dataset(_params(tmp_path, dataset="smic", smic_labels="sheet",
                                                   annotation=tmp_path / "hs.xlsx"))
     assert dropped["reason"].tolist() == ["hs.xlsx row 2 column OnsetF: 'MISSING <-426679' is not a frame number",
                                           "hs.xlsx row 4: empty Subject"]
@@ -241,7 +244,7 @@ def _megc_tree(root, annotations):
 
 def test_megc2019_composite_counts(shared_annotations, tmp_path):
     csv = _megc_tree(tmp_path, shared_annotations)
-    samples, dropped, classes = ingest_micro(_params(tmp_path, dataset="megc2019", protocol="megc2019-3class"),
+    samples, dropped, classes, _ = ingest_micro(_params(tmp_path, dataset="megc2019", protocol="megc2019-3class"),
                                              progress=False)
     assert len(samples) == 442 and dropped.empty
     assert classes == ["negative", "positive", "surprise"]
@@ -265,11 +268,13 @@ def test_megc2019_composite_counts(shared_annotations, tmp_path):
 def test_megc2019_unmatched_rows_are_dropped_with_reasons(shared_annotations, tmp_path):
     _megc_tree(tmp_path, shared_annotations)
     (tmp_path / "smic" / "HS" / "s3" / "micro" / "negative" / "s3_ne_99").mkdir()
-    extra = "samm,99,099_1_1,0\r\nsmic,s03,s03_ne_99,0\r\ncasme3,spNO.1,a,0\r\nsamm,6,006_1_2,7\r\nsamm,6,006_1_2,0\r\n"
+    extra = "samm,99,099_1_1,0\r\nsmic,s03,s03_ne_99,0\r\ncasme3,spNO.1,a,0\r\nsamm,6,006_1_2,7\r\n"
     with open(tmp_path / MEGC_CSV, "a", newline="") as f:
         f.write(extra)
-    samples, dropped, _, notes = load_dataset(_params(tmp_path, dataset="megc2019", protocol="megc2019-3class"))
-    assert len(samples) == 442 and len(samples) + len(dropped) == 447
+    params = _params(tmp_path, dataset="megc2019", protocol="megc2019-3class")
+    samples, dropped, _, fixes, _ = load_dataset(params)
+    assert len(samples) == 442 and len(samples) + len(dropped) == 446
+    notes = fixes["reason"].tolist()  # the apex fixes that kept a row
     assert notes == [f"{MEGC_CSV} row 414: apex 1143 outside [onset 1071, offset 1134]: apex set to the middle "
                      "frame 1102",
                      f"{MEGC_CSV} row 421: apex 1930 outside [onset 4896, offset 4970]: apex set to the middle "
@@ -279,7 +284,12 @@ def test_megc2019_unmatched_rows_are_dropped_with_reasons(shared_annotations, tm
     assert reasons[444].startswith(f"{MEGC_CSV} row 444: smic subject 's3' clip 's3_ne_99' was dropped by the smic "
                                    "adapter: ") and reasons[444].endswith("s3_ne_99: no .bmp frame file")
     assert "dataset 'casme3' is not one of" in reasons[445] and "label '7' is not 0, 1 or 2" in reasons[446]
-    assert reasons[447] == f"{MEGC_CSV} row 447: repeats an earlier row of the same clip"
+    assert set(dropped["subject"]) == {"samm/099", "smic/s3", "casme3/spNO.1", "samm/006"}
+    with open(tmp_path / MEGC_CSV, "a", newline="") as f:
+        f.write("samm,006,006_1_2,0\r\n")  # a repeat of row 310 (samm,6,006_1_2): fails, as in every adapter
+    with pytest.raises(AnnotationError, match=re.escape(
+            f"{MEGC_CSV} rows 310 and 447: the same (dataset, subject, clip) samm/006/006_1_2")):
+        load_dataset(params)
     with pytest.raises(ValueError, match="megc2019-3class"):
         load_dataset(_params(tmp_path, dataset="megc2019", protocol="native"))
 
@@ -287,7 +297,7 @@ def test_megc2019_unmatched_rows_are_dropped_with_reasons(shared_annotations, tm
 def test_megc2019_with_smic_labels_from_the_hs_e_sheet(shared_annotations, tmp_path, caplog):
     _megc_tree(tmp_path, shared_annotations)
     shutil.copy(shared_annotations / "smic" / SMIC_SHEET, tmp_path / "smic" / SMIC_SHEET)
-    samples, dropped, _, _ = load_dataset(_params(tmp_path, dataset="megc2019", protocol="megc2019-3class",
+    samples, dropped, _, _, _ = load_dataset(_params(tmp_path, dataset="megc2019", protocol="megc2019-3class",
                                                   smic_labels="sheet"))
     assert len(samples) == 435 and len(dropped) == 7  # 7 SMIC clips of the CSV are not in the HS-E sheet
     assert sorted(dropped["clip"]) == ["s1_ne_02", "s2_sur_05", "s3_ne_03", "s3_ne_20", "s4_ne_05", "s4_ne_06",

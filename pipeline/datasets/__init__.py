@@ -2,7 +2,8 @@
 
 Each adapter module has ``read(params: MicroParams) -> list[Annotations]`` (one entry per source dataset: a
 composite such as MEGC2019 returns several) and knows only its sheet and on-disk layout;
-:func:`load_dataset` applies what is common (apex policy, label protocol, namespaced subject ids, unique keys).
+:func:`load_dataset` applies what is common (apex policy, label protocol, namespaced subject ids, unique keys:
+see :mod:`pipeline.datasets.common` for the policies) and :func:`check_frames` the missing-frames check.
 The demo is written in the CASME II layout and goes through the CASME II adapter. :data:`ADAPTERS` is the one
 list of dataset names: ``micro.dataset`` must be one of its keys.
 """
@@ -10,16 +11,25 @@ list of dataset names: ``micro.dataset`` must be one of its keys.
 from __future__ import annotations
 
 from types import ModuleType
+from typing import NamedTuple
 
 import pandas as pd
 
 from pipeline.config import ConfigError, MicroParams
 from pipeline.datasets import casme2, casme3, megc2019, mmew, samm, smic
-from pipeline.datasets.common import finalize
+from pipeline.datasets.common import (
+    DROPPED_COLUMNS,
+    FIX_COLUMNS,
+    MAX_MISSING_SHARE,
+    DatasetLayoutError,
+    check_frames,
+    finalize,
+)
 from pipeline.datasets.protocols import class_names
 from pipeline.sheets import AnnotationError
 
-__all__ = ["ADAPTERS", "AnnotationError", "adapter", "load_dataset"]
+__all__ = ["ADAPTERS", "DROPPED_COLUMNS", "FIX_COLUMNS", "MAX_MISSING_SHARE", "AnnotationError", "DatasetLayoutError",
+           "Loaded", "adapter", "check_frames", "load_dataset"]
 
 ADAPTERS: dict[str, ModuleType] = {  # micro.dataset -> adapter module
     "demo": casme2,  # the demo is written in the CASME II layout
@@ -44,30 +54,54 @@ def adapter(dataset: str) -> ModuleType:
     return ADAPTERS[dataset]
 
 
-def load_dataset(params: MicroParams) -> tuple[pd.DataFrame, pd.DataFrame, list[str], list[str]]:
+class Loaded(NamedTuple):
+    """What :func:`load_dataset` read.
+
+    Attributes:
+        samples: :data:`~pipeline.datasets.common.SAMPLE_COLUMNS`, ``label`` = index into ``classes``.
+        dropped: :data:`~pipeline.datasets.common.DROPPED_COLUMNS`: every annotation row that is not a sample.
+        classes: class names in label order.
+        fixes: :data:`~pipeline.datasets.common.FIX_COLUMNS`: apex fixes that kept a row
+            (``micro.apex_outside = middle``).
+        layouts: source dataset -> where its frame files are expected, for
+            :func:`~pipeline.datasets.common.check_frames`.
+    """
+
+    samples: pd.DataFrame
+    dropped: pd.DataFrame
+    classes: list[str]
+    fixes: pd.DataFrame
+    layouts: dict[str, str]
+
+
+def load_dataset(params: MicroParams) -> Loaded:
     """Read ``params.root`` through the adapter of ``params.dataset``.
 
     Args:
         params: the ``micro`` section.
 
     Returns:
-        ``(samples, dropped, classes, notes)``: samples with ``label`` = index into ``classes``; every
-        annotation row is either a sample or a dropped row with its reason; ``notes``: apex fixes that kept a row.
+        A :class:`Loaded`: every annotation row is either a sample or a dropped row with its reason; subjects
+        are ``<source>/<subject>`` everywhere. Frame files are not opened (see
+        :func:`~pipeline.datasets.common.check_frames`).
 
     Raises:
-        AnnotationError: missing or malformed annotations, or two samples with the same (subject, clip, onset).
+        AnnotationError: missing or malformed annotations, or two rows with the same (subject, clip, onset) (the
+            message names the file and both rows).
         ConfigError: a dataset with no adapter.
     """
-    parts, dropped, notes = [], [], []
+    parts, dropped, fixes, layouts = [], [], [], {}
     for source_annotations in adapter(params.dataset).read(params):
-        samples, drops, fixes = finalize(source_annotations, params.dataset, params.protocol, params.apex_outside)
+        samples, drops, fixed = finalize(source_annotations, params.dataset, params.protocol, params.apex_outside)
         parts.append(samples)
         dropped.append(drops)
-        notes += fixes
+        fixes.append(fixed)
+        layouts[source_annotations.source] = source_annotations.layout
     samples = pd.concat(parts, ignore_index=True)
     repeated = samples["sample_id"][samples["sample_id"].duplicated()]
-    if len(repeated):
-        raise AnnotationError(f"{params.root}: repeated (subject, clip, onset) keys: {sorted(set(repeated))}")
+    if len(repeated):  # each source's keys are unique (finalize) and sample ids start with the source: a bug
+        raise AnnotationError(f"{params.root}: repeated sample ids across sources: {sorted(set(repeated))}")
     classes = class_names(params.protocol, samples["label_name"])
     samples.insert(samples.columns.get_loc("label_name"), "label", [classes.index(n) for n in samples["label_name"]])
-    return samples, pd.concat(dropped, ignore_index=True), classes, notes
+    return Loaded(samples, pd.concat(dropped, ignore_index=True), classes, pd.concat(fixes, ignore_index=True),
+                  layouts)

@@ -65,8 +65,8 @@ def read_sheet(path: Path, source: str = "casme3") -> tuple[pd.DataFrame, pd.Dat
     ``Onset`` / ``Offset`` not a frame number, ``Offset`` before ``Onset``.
 
     Raises:
-        AnnotationError: missing file, missing worksheet ``label`` or missing columns (names the missing and the
-            found ones).
+        AnnotationError: missing file, missing worksheet ``label``, missing columns (names the missing and the
+            found ones), or two rows with the same (subject, video, onset).
     """
     sheet = read_table(path, list(COLUMNS.values()), sheet_name=SHEET)
     return split_rows(sheet, path.name, source, COLUMNS, subject_id=SUBJECT, interval_note=" (not an interval)")
@@ -83,5 +83,5 @@ def read(params: MicroParams) -> list[Annotations]:
     path = params.annotation if params.annotation is not None else params.root / STANDARD_ANNOTATION
     rows, dropped = read_sheet(path)
     return [Annotations(source="casme3", rows=rows, dropped=dropped, where=path.name,
-                        apex_column=COLUMNS["apex_frame"],
+                        apex_column=COLUMNS["apex_frame"], layout=f"{params.root}/<subject>/<video>/color/<N>.jpg",
                         frame_path=lambda subject, clip, frame: frame_path(params.root, subject, clip, frame))]

@@ -5,7 +5,7 @@ annotation file)::
 
     <root>/combined_3class_gt.csv     (the composite ground truth: the standard annotation)
     <root>/casme2/                    (CASME II: see pipeline.datasets.casme2; micro.casme2_frames applies)
-    <root>/samm/                      (SAMM: see pipeline.datasets.samm)
+    <root>/samm/                      (SAMM: see pipeline.datasets.samm; samm/SAMM/006/… or samm/006/…)
     <root>/smic/                      (SMIC-HS: see pipeline.datasets.smic; micro.smic_labels / smic_apex apply)
 
 ``combined_3class_gt.csv`` (the file published for MEGC2019, e.g. MouathAb/AnalyseMiE-CNN_LSTM_SE): no header,
@@ -20,6 +20,12 @@ with no match in its source (missing, or dropped by the source's adapter, whose 
 the reason; source rows absent from the CSV are not samples. ``sheet_row`` is the CSV line (1 = first line). A
 CSV class that disagrees with the source's own emotion (the HS-E sheet's ``s18_sur_03`` is ``negative``, the
 CSV says surprise) keeps the CSV class and is logged.
+
+Repeats: two CSV rows naming the same (dataset, subject, clip) after normalisation would be the same (subject,
+clip, onset) sample twice, so they fail, naming the CSV and both rows, as a repeated row fails in every adapter
+(:mod:`pipeline.datasets.common`); the published CSV has none. A source's sheet with a repeated (subject, clip,
+onset) fails in that source's adapter. A CSV row whose clip has several source rows (different onsets: several
+micro-expressions in one clip) cannot be matched and is dropped with the reason.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import pandas as pd
 
 from pipeline.config import MicroParams
 from pipeline.datasets import casme2, samm, smic
-from pipeline.datasets.common import DROPPED_COLUMNS, Annotations
+from pipeline.datasets.common import DROPPED_COLUMNS, Annotations, check_unique
 from pipeline.datasets.protocols import map_emotion
 from pipeline.datasets.rows import first_reason
 from pipeline.datasets.smic import canonical_clip, canonical_subject
@@ -69,11 +75,12 @@ def read_composite(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         ``rows``: ``sheet_row`` (CSV line), ``source`` (``casme2``/``samm``/``smic``), ``subject`` and ``clip``
         normalised to the source adapter's spelling, ``label_name`` (``negative``/``positive``/``surprise``);
         ``dropped`` (:data:`~pipeline.datasets.common.DROPPED_COLUMNS`): rows with an unknown dataset, an
-        empty subject or filename, a label other than 0/1/2, or repeating an earlier (dataset, subject, clip);
-        ``subject`` and ``clip`` normalised as in ``rows``.
+        empty subject or filename, or a label other than 0/1/2; ``subject`` and ``clip`` normalised as in
+        ``rows``.
 
     Raises:
-        AnnotationError: missing or unreadable file.
+        AnnotationError: missing or unreadable file, or two rows not dropped with the same (dataset, subject,
+            clip) after normalisation (the message names the file and both rows).
     """
     table = read_table(path, COLUMNS, header=None, names=COLUMNS)
     table["sheet_row"] -= 1  # no header: the first line is row 1
@@ -89,9 +96,9 @@ def read_composite(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         (table["subject"] == "", where + ": empty subject"),
         (table["filename"] == "", where + ": empty filename"),
         (rows["label_name"].isna(), where + ": label " + table["label"].map(repr) + " is not 0, 1 or 2"),
-        (rows.duplicated(["source", "subject", "clip"]), where + ": repeats an earlier row of the same clip"),
     ])
     keep = reason == ""
+    check_unique(rows[keep], path.name, ["source", "subject", "clip"], "(dataset, subject, clip)")
     dropped = pd.DataFrame({"source_dataset": table["dataset"], "sheet_row": table["sheet_row"],
                             "subject": rows["subject"], "clip": rows["clip"], "reason": reason})[~keep]
     return rows[keep].reset_index(drop=True), dropped[DROPPED_COLUMNS].reset_index(drop=True)
@@ -143,8 +150,8 @@ def read(params: MicroParams) -> list[Annotations]:
 
     Raises:
         ValueError: ``params.protocol`` is not ``megc2019-3class`` (the CSV holds those classes only).
-        AnnotationError: the CSV, or a source's annotation under ``root/<source>``, is missing or malformed; or
-            the CSV names none of casme2, samm, smic.
+        AnnotationError: the CSV, or a source's annotation under ``root/<source>``, is missing or malformed
+            (repeated rows included); or the CSV names none of casme2, samm, smic.
     """
     if params.protocol != PROTOCOL:
         raise ValueError(f"micro.dataset megc2019 is labelled in {PROTOCOL} classes only; micro.protocol is "
@@ -159,7 +166,8 @@ def read(params: MicroParams) -> list[Annotations]:
         rows, dropped = _join(wanted[wanted["source"] == name], source, path.name)
         _log_disagreements(rows, name, path.name)
         parts.append(Annotations(source=name, rows=rows, dropped=dropped, frame_path=source.frame_path,
-                                 where=path.name, apex_column=f"{source.apex_column} of {source.where}"))
+                                 where=path.name, apex_column=f"{source.apex_column} of {source.where}",
+                                 layout=source.layout))
     if not parts:
         raise AnnotationError(f"{path}: no row of {sorted(SOURCES)} ({len(bad)} rows dropped)")
     parts[0].dropped = pd.concat([parts[0].dropped, bad[~bad["source_dataset"].isin(list(SOURCES))]],

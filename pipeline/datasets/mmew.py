@@ -78,7 +78,8 @@ def read_sheet(path: Path, source: str = "mmew") -> tuple[pd.DataFrame, pd.DataF
     seen under another emotion (its frame folder would be ambiguous).
 
     Raises:
-        AnnotationError: missing file or missing columns (names the missing and the found ones).
+        AnnotationError: missing file, missing columns (names the missing and the found ones), or two rows with
+            the same (subject, clip, onset) (before MMEW's own checks: such a pair fails, whatever its emotions).
     """
     read_kwargs = {} if path.suffix.lower() == ".csv" else {"sheet_name": 0}
     sheet = read_table(path, list(COLUMNS.values()), **read_kwargs)
@@ -104,5 +105,6 @@ def read(params: MicroParams) -> list[Annotations]:
     rows, dropped = read_sheet(path)
     emotion_of = dict(zip(rows["clip"], rows["emotion"], strict=True))  # one emotion per clip (read_sheet)
     return [Annotations(source="mmew", rows=rows, dropped=dropped, where=path.name, apex_column=COLUMNS["apex_frame"],
+                        layout=f"{params.root}/Micro_Expression/<emotion>/<clip>/<N>.jpg",
                         frame_path=lambda subject, clip, frame: frame_path(params.root, emotion_of[clip], clip,
                                                                            frame))]

@@ -2,14 +2,15 @@
 
 Shared by the CASME II, SAMM, SMIC-HS-E, CAS(ME)^3 and MMEW adapters (whole-column pandas checks rather than a
 loop over rows): each row is either kept, with its frames parsed to int, or dropped with the first reason found,
-naming the file, the row and the column. A check only one dataset needs (MMEW's) stays in its adapter.
+naming the file, the row and the column; two kept rows with the same (subject, clip, onset) fail
+(:func:`~pipeline.datasets.common.check_unique`). A check only one dataset needs (MMEW's) stays in its adapter.
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
-from pipeline.datasets.common import ANNOTATION_COLUMNS, DROPPED_COLUMNS
+from pipeline.datasets.common import ANNOTATION_COLUMNS, DROPPED_COLUMNS, check_unique
 
 __all__ = ["first_reason", "split_rows", "whole_numbers"]
 
@@ -58,6 +59,10 @@ def split_rows(sheet: pd.DataFrame, file_name: str, source: str, names: dict[str
         (``subject`` per ``subject_format`` where valid, else as written), one reason per row: an empty or
         invalid subject, an empty clip name, an onset or offset cell that is not a frame number (e.g.
         ``'MISSING <-426679'``), or an offset before the onset.
+
+    Raises:
+        AnnotationError: two kept rows with the same (subject, clip, onset): the message names ``file_name``
+            and both rows (:func:`~pipeline.datasets.common.check_unique`).
     """
     where = file_name + " row " + sheet["sheet_row"].astype(str)
     subject_column, clip_column = names["subject"], names["clip"]
@@ -85,6 +90,7 @@ def split_rows(sheet: pd.DataFrame, file_name: str, source: str, names: dict[str
         "apex_frame": [int(a) if ok else None for a, ok in zip(apex, apex_ok, strict=True)],
         "action_units": sheet[au_column] if au_column else "", "emotion": sheet[names["emotion"]],
     })[keep][ANNOTATION_COLUMNS]
+    check_unique(rows, file_name)
     dropped = pd.DataFrame({"source_dataset": source, "sheet_row": sheet["sheet_row"], "subject": subject,
                             "clip": sheet[clip_column], "reason": reason})[~keep]
     return rows.reset_index(drop=True), dropped[DROPPED_COLUMNS].reset_index(drop=True)

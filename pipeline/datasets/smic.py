@@ -111,12 +111,19 @@ def scan_folders(root: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[tuple[str
         ``s<N>``; ``frames``: ``(subject, clip) -> {frame number: file}``.
 
     Raises:
-        AnnotationError: no ``HS`` folder, or no clip folder in it.
+        AnnotationError: no ``HS`` folder, no clip folder in it, or one clip under two class folders (both
+            named).
     """
     hs = root / "HS"
-    clip_dirs = [p for p in hs.glob("*/micro/*/*") if p.is_dir()]
+    clip_dirs = sorted(p for p in hs.glob("*/micro/*/*") if p.is_dir())
     if not clip_dirs:
         raise AnnotationError(f"{hs}: no SMIC-HS clip folder (expected HS/s1/micro/negative/s1_ne_01/image<N>.bmp)")
+    seen: dict[tuple[str, str], Path] = {}
+    for path in clip_dirs:
+        first = seen.setdefault((path.parts[-4], path.name), path)
+        if first != path:
+            raise AnnotationError(f"{first} and {path}: the same clip {path.name} of subject {path.parts[-4]} under "
+                                  f"two class folders (its label is ambiguous: keep one folder)")
     table = pd.DataFrame({"subject": [p.parts[-4] for p in clip_dirs], "emotion": [p.parts[-2] for p in clip_dirs],
                           "clip": [p.name for p in clip_dirs], "dir": clip_dirs})
     table["number"] = pd.to_numeric(table["subject"].str.extract(r"^s(\d+)$")[0], errors="coerce")
@@ -145,7 +152,8 @@ def read_sheet(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     intervals are ignored (logged).
 
     Raises:
-        AnnotationError: missing file, no sheet ``HS``, or missing columns (named, with the found ones).
+        AnnotationError: missing file, no sheet ``HS``, missing columns (named, with the found ones), or two rows
+            with the same (subject, clip, onset).
     """
     sheet = read_table(path, list(COLUMNS.values()), sheet_name=SHEET)
     rows, dropped = split_rows(sheet, path.name, "smic", COLUMNS, subject_format="s{}")
@@ -200,6 +208,7 @@ def read(params: MicroParams) -> list[Annotations]:
                              "labels from the HS folder tree; set annotation to null or smic_labels to sheet")
         rows, dropped, frames = scan_folders(params.root)
         where = str(params.root / "HS")
+        layout = f"{params.root}/HS/s<N>/micro/<class>/<clip>/image<N>.bmp (micro.smic_labels = folders)"
 
         def frame_path(subject: str, clip: str, frame: int) -> Path:
             files = frames[(subject, clip)]  # a frame not on disk (a spotted apex): named as the others are
@@ -208,6 +217,8 @@ def read(params: MicroParams) -> list[Annotations]:
         path = params.annotation if params.annotation is not None else params.root / STANDARD_ANNOTATION
         rows, dropped = read_sheet(path)
         where = path.name
+        layout = (f"{params.root}/HS_long/SMIC_HS_E/s<NN>/<clip>/image<N:06d>.jpg (micro.smic_labels = sheet; "
+                  "for the HS folder tree set it to folders)")
 
         def frame_path(subject: str, clip: str, frame: int) -> Path:
             return sheet_frame_path(params.root, subject, clip, frame)
@@ -216,4 +227,4 @@ def read(params: MicroParams) -> list[Annotations]:
         rows = _spotted(rows, params.smic_apex)
         apex_column = f"apex_frame of {params.smic_apex.name}"
     return [Annotations(source="smic", rows=rows, dropped=dropped, frame_path=frame_path, where=where,
-                        apex_column=apex_column)]
+                        apex_column=apex_column, layout=layout)]
