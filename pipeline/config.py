@@ -168,6 +168,7 @@ class ModelParams(_Section):
     action_channels: list[int] = Field(min_length=1)
     position_channels: list[int] = Field(min_length=1)
     code_channels: int = Field(ge=1)  # the action bottleneck
+    action_input: Literal["difference", "flow"]  # MIACNet's action branch: apex - onset | optical flow (u, v, strain)
     dropout: float = Field(ge=0, lt=1)
 
 

@@ -21,13 +21,15 @@ from torch import nn
 
 from pipeline.arms import ARMS
 from pipeline.config import ConfigError, ModelParams, Params, RecipeParams
-from pipeline.data import images_to_tensor, iterate_batches, normalise, pair_augmentation
+from pipeline.data import PairAugmentation, images_to_tensor, iterate_batches, normalise
 from pipeline.engine import Batch, fit, save_checkpoint, seed_everything, to_device
+from pipeline.flow import resize_flow
+from pipeline.io import decode_array
 from pipeline.loso import LosoFold
-from pipeline.models.registry import MODELS, create_model
+from pipeline.models.registry import MODELS, create_model, input_names
 
 __all__ = ["PREDICTION_COLUMNS", "MicroTensors", "arm_model", "finetune_fold", "finetune_seed", "lr_scheduler",
-           "predict"]
+           "model_inputs", "predict"]
 
 log = logging.getLogger(__name__)
 
@@ -58,28 +60,58 @@ def arm_model(params: Params, arm: str) -> tuple[str, ModelParams]:
 
 
 class MicroTensors:
-    """A samples table's onset/apex crops as ``(N, 3, S, S) uint8`` tensors and its labels as ``(N,) int64``."""
+    """A samples table's inputs as tensors, and batches of them.
+
+    Attributes:
+        onset, apex: ``(N, 3, S, S) uint8`` RGB crops at ``size_px``.
+        flow: ``(N, 3, S, S) float32`` onset → apex optical flow (u, v in px of the S grid, optical strain) when
+            the table has a ``flow`` column (``micro.optical_flow: tvl1``), else None.
+        label: ``(N,) int64``.
+    """
 
     def __init__(self, samples: pd.DataFrame, size_px: int):
         self.onset = images_to_tensor(samples["onset_image"].tolist(), size_px)
         self.apex = images_to_tensor(samples["apex_image"].tolist(), size_px)
+        self.flow = None
+        if "flow" in samples:
+            flow = torch.from_numpy(np.stack([decode_array(cell) for cell in samples["flow"]]).astype(np.float32))
+            self.flow = resize_flow(flow, size_px)  # (N, 3, S, S)
         self.label = torch.tensor(samples["label"].to_numpy(), dtype=torch.int64)  # a copy: pandas arrays are read-only
 
     def batches(self, rows: np.ndarray, batch_size: int, generator: torch.Generator | None,
-                augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Iterator[Batch]:
-        """Batches ``{'onset', 'apex'}: (B, 3, S, S) float32`` ImageNet-normalised and ``'label': (B,)``.
+                augment: PairAugmentation | None = None, flow_size_px: int | None = None) -> Iterator[Batch]:
+        """Batches of the samples at ``rows``, shuffled by ``generator`` (in order when None).
 
-        ``augment`` maps a ``(6, S, S) uint8`` stacked pair to an augmented one (same warp for both).
+        Each batch: ``onset``, ``apex``: ``(B, 3, S, S) float32`` ImageNet-normalised; ``flow`` (when present):
+        ``(B, 3, F, F) float32`` with F = ``flow_size_px`` (default S; u, v rescaled to px of that grid);
+        ``label``: ``(B,)``. ``augment`` warps a sample's onset, apex and flow alike.
         """
         rows = torch.as_tensor(rows)
         for batch in iterate_batches(len(rows), batch_size, generator):
             pick = rows[batch]
-            onset, apex = self.onset[pick], self.apex[pick]
+            frames = torch.cat([normalise(self.onset[pick]), normalise(self.apex[pick])], dim=1)  # (B, 6, S, S)
+            flow = None if self.flow is None else self.flow[pick]
             if augment is not None:
-                pairs = torch.stack([augment(torch.cat(pair))
-                                     for pair in zip(onset, apex, strict=True)])  # (B, 6, S, S)
-                onset, apex = pairs[:, :3], pairs[:, 3:]
-            yield {"onset": normalise(onset), "apex": normalise(apex), "label": self.label[pick]}
+                frames, flow = augment(frames, flow)
+            out = {"onset": frames[:, :3], "apex": frames[:, 3:], "label": self.label[pick]}
+            if flow is not None:
+                out["flow"] = resize_flow(flow, flow_size_px) if flow_size_px else flow
+            yield out
+
+
+def model_inputs(model: nn.Module, batch: Batch) -> list[torch.Tensor]:
+    """The entries of ``batch`` that ``model.forward`` takes, in order.
+
+    The names come from :func:`pipeline.models.registry.input_names`.
+
+    Raises:
+        ValueError: the model needs the optical flow and the samples table has none.
+    """
+    names = input_names(model)
+    if "flow" in names and "flow" not in batch:
+        raise ValueError(f"{type(model).__name__} takes the optical flow, and the samples table has none: set "
+                         "micro.optical_flow to tvl1 and rerun ingest_micro")
+    return [batch[name] for name in names]
 
 
 def _param_groups(model: nn.Module, params: RecipeParams, pretrained: bool) -> list[dict]:
@@ -146,16 +178,17 @@ def finetune_fold(data: MicroTensors, fold: LosoFold, num_classes: int, model_na
     optimizer = torch.optim.AdamW(_param_groups(model, params, encoder_state is not None),
                                   weight_decay=params.weight_decay)
     scheduler = lr_scheduler(optimizer, params)
-    augment = pair_augmentation(params.flip, params.rotate_deg, params.translate_px, model_params.image_size_px)
+    augment = PairAugmentation(params.flip, params.rotate_deg, params.translate_px)
     generator = torch.Generator().manual_seed(seed)
+    flow_size_px = getattr(model, "flow_size_px", None)
 
     def step(net: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        logits = net(batch["onset"], batch["apex"])
+        logits = net(*model_inputs(net, batch))
         loss = F.cross_entropy(logits, batch["label"], label_smoothing=params.label_smoothing)
         return loss, {"accuracy": (logits.argmax(1) == batch["label"]).float().mean().item()}
 
     fit(model, optimizer, scheduler, params.epochs,
-        lambda epoch: data.batches(fold.train_idx, params.batch_size, generator, augment), step, device,
+        lambda epoch: data.batches(fold.train_idx, params.batch_size, generator, augment, flow_size_px), step, device,
         streams={"batches": generator}, state_path=state_path, fingerprint=fingerprint, on_epoch=on_epoch,
         desc=f"fold {fold.index} ({fold.test_subject}) {model_name} seed {seed}", progress=progress)
     return model.eval()
@@ -166,9 +199,10 @@ def predict(model: nn.Module, data: MicroTensors, rows: np.ndarray, device: torc
             batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """``(predicted (n,) int64, probabilities (n, K) float32)`` for the samples at ``rows``."""
     model.eval()
+    flow_size_px = getattr(model, "flow_size_px", None)
     probabilities = [
-        torch.softmax(model(b["onset"].to(device), b["apex"].to(device)).float(), dim=1).cpu()
-        for b in data.batches(rows, batch_size, None)
+        torch.softmax(model(*[x.to(device) for x in model_inputs(model, b)]).float(), dim=1).cpu()
+        for b in data.batches(rows, batch_size, None, flow_size_px=flow_size_px)
     ]
     probs = torch.cat(probabilities).numpy()
     return probs.argmax(1), probs

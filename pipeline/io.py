@@ -24,7 +24,9 @@ from PIL import Image
 __all__ = [
     "atomic_dir",
     "atomic_path",
+    "decode_array",
     "decode_png",
+    "encode_array",
     "encode_png",
     "sha256_file",
     "write_json",
@@ -131,3 +133,15 @@ def decode_png(data: bytes) -> np.ndarray:
     """Decode PNG bytes to ``(H, W, 3) uint8 RGB``."""
     with Image.open(io.BytesIO(data)) as image:
         return np.asarray(image.convert("RGB"))
+
+
+def encode_array(array: np.ndarray) -> bytes:
+    """``array`` as ``.npy`` bytes (dtype and shape included), e.g. a sample's optical flow in a Parquet cell."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def decode_array(data: bytes) -> np.ndarray:
+    """The array of :func:`encode_array`'s bytes."""
+    return np.load(io.BytesIO(data), allow_pickle=False)

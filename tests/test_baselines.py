@@ -18,6 +18,7 @@ from pipeline.models.miacnet import MIACNet
 from pipeline.models.mmnet import MMNet
 from pipeline.models.registry import MODELS, create_model
 from pipeline.models.resnet_diff import ResNetDiff
+from pipeline.models.ststnet import STSTNet
 
 PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
 MMNET_REFERENCE_PARAMS = 9_438_841  # trainable parameters of the reference's forward pass at K = 5 (DESIGN §5)
@@ -214,15 +215,15 @@ def test_resnet_diff_rejects_a_bad_checkpoint(default_params: ModelParams, tmp_p
 # --- the registry -------------------------------------------------------------------------------------------
 
 
-def test_create_model_knows_the_three_models(params_224: ModelParams) -> None:
-    assert set(MODELS) == {"miacnet", "mmnet", "resnet18-diff"}
-    for name, cls in [("miacnet", MIACNet), ("mmnet", MMNet), ("resnet18-diff", ResNetDiff)]:
+def test_create_model_knows_the_four_models(params_224: ModelParams) -> None:
+    assert set(MODELS) == {"miacnet", "mmnet", "resnet18-diff", "ststnet"}
+    for name, cls in [("miacnet", MIACNet), ("mmnet", MMNet), ("resnet18-diff", ResNetDiff), ("ststnet", STSTNet)]:
         model = create_model(name, num_classes=4, params=params_224)
         assert isinstance(model, cls) and model.num_classes == 4, name
         assert model.image_size_px == 224, name
         for method in ("forward_features", "forward_head", "reset_classifier", "get_classifier"):
             assert callable(getattr(model, method)), f"{name}.{method}"
-    with pytest.raises(ValueError, match="unknown model 'mmnet2'; known models: miacnet, mmnet, resnet18-diff"):
+    with pytest.raises(ValueError, match="unknown model 'mmnet2'; known models: miacnet, mmnet, resnet18-diff, ststnet"):
         create_model("mmnet2", num_classes=4, params=params_224)
 
 

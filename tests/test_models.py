@@ -169,7 +169,7 @@ def test_create_model(tiny_params: ModelParams) -> None:
         create_model("no-such-model", num_classes=4, params=tiny_params)
     with pytest.raises(ValueError, match="num_classes"):
         create_model("miacnet", num_classes=0, params=tiny_params)
-    assert set(MODELS) == {"miacnet", "mmnet", "resnet18-diff"}
+    assert set(MODELS) == {"miacnet", "mmnet", "resnet18-diff", "ststnet"}
 
 
 def test_too_few_stages_is_an_error(tiny_params: ModelParams) -> None:

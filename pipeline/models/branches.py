@@ -140,7 +140,17 @@ class ActionBranch(nn.Module):
 
         Returns ``(code (B, code_channels, ceil(H/16), ceil(W/16)), attention (B, 1, h, w) in [0, 1])``.
         """
-        x = self.stem(apex - onset)  # (B, stem, H/2, W/2)
+        return self.forward_motion(apex - onset)
+
+    def forward_motion(self, motion: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Action code and last-stage attention of a motion image (B, 3, H, W).
+
+        ``motion`` is the difference ``apex - onset`` (ImageNet-normalised units) or an optical flow (u, v,
+        strain), as :class:`~pipeline.models.miacnet.MIACNet`'s ``action_input`` says.
+
+        Returns ``(code (B, code_channels, ceil(H/16), ceil(W/16)), attention (B, 1, h, w) in [0, 1])``.
+        """
+        x = self.stem(motion)  # (B, stem, H/2, W/2)
         attn = None
         for stage in self.stages:
             x, attn = stage(x, attn)  # (B, C_i, h_i, w_i), (B, 1, h_i, w_i)

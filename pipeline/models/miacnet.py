@@ -63,7 +63,12 @@ class MIACNet(nn.Module):
         forward_head(x, pre_logits=False) -> logits (B, K), or pooled features (B, num_features) with
         ``pre_logits=True``.
         ``onset`` and ``apex`` are (B, 3, H, W) float32 ImageNet-normalised frames of one clip, H, W >= 16
-        (any size; multiples of 16 give h = H/16 exactly).
+        (any size; multiples of 16 give h = H/16 exactly). With ``params.action_input == 'flow'`` the second
+        input is the onset → apex optical flow (B, 3, H, W) float32 (u, v in px, optical strain) instead of
+        the apex, and the action branch sees it in place of the difference image.
+
+    Attributes:
+        input_names: the batch keys ``forward`` takes, in order: ``('onset', 'apex')`` or ``('onset', 'flow')``.
 
     Raises:
         ValueError: at construction for fewer than 3 stages per branch; at forward for frames that are not
@@ -84,21 +89,33 @@ class MIACNet(nn.Module):
         init_weights(self.action_proj)
         self.head = ClassifierHead(width, num_classes, pool_type="avg", drop_rate=params.dropout)
         self.num_classes = num_classes
+        self.action_input = params.action_input
+        self.input_names = ("onset", "flow") if params.action_input == "flow" else ("onset", "apex")
 
-    def forward_features(self, onset: torch.Tensor, apex: torch.Tensor) -> torch.Tensor:
-        """Fused map (B, num_features, ceil(H/16), ceil(W/16)) of onset, apex (B, 3, H, W) float32."""
-        check_frames(type(self).__name__, onset, apex)
+    def forward_features(self, onset: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        """Fused map (B, num_features, ceil(H/16), ceil(W/16)) of onset and apex (or flow), (B, 3, H, W) float32."""
+        return self.forward_with_attention(onset, second)[0]
+
+    def forward_with_attention(self, onset: torch.Tensor, second: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fused map and the action branch's last-stage attention (B, 1, h, w) in [0, 1] (where it looks).
+
+        ``second`` is the apex frame (``action_input: difference``: the branch sees ``apex - onset``) or the
+        onset → apex optical flow (u, v, strain) at the frames' size (``action_input: flow``).
+        """
+        check_frames(type(self).__name__, onset, second)
         position = self.position_branch(onset)  # (B, Cp, h, w)
-        action = self.action_branch(onset, apex)  # (B, code, h, w)
-        return self.fuse_act(self.position_proj(position) + self.action_proj(action))  # (B, C, h, w)
+        motion = second if self.action_input == "flow" else second - onset  # (B, 3, H, W)
+        action, attention = self.action_branch.forward_motion(motion)  # (B, code, h, w), (B, 1, h, w)
+        fused = self.fuse_act(self.position_proj(position) + self.action_proj(action))  # (B, C, h, w)
+        return fused, attention
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Logits (B, K) of a fused map ``x``, or pooled features (B, num_features) with ``pre_logits=True``."""
         return self.head(x, pre_logits=pre_logits)  # (B, K) or (B, C)
 
-    def forward(self, onset: torch.Tensor, apex: torch.Tensor) -> torch.Tensor:
-        """Logits (B, K) float32, unnormalised, of onset, apex (B, 3, H, W) float32 ImageNet-normalised."""
-        return self.forward_head(self.forward_features(onset, apex))
+    def forward(self, onset: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        """Logits (B, K) float32, unnormalised, of the onset and the apex (or flow), see :attr:`input_names`."""
+        return self.forward_head(self.forward_features(onset, second))
 
     def get_classifier(self) -> nn.Module:
         """The final linear layer (timm's contract)."""
