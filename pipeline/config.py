@@ -92,7 +92,8 @@ class SynthesizeParams(_Section):
     micro_duration_s: Range  # onset -> offset
     micro_peak_px: Range  # peak AU displacement at face_size_px
     macro_fps: float = Field(gt=0)
-    macro_videos_per_subject: int = Field(ge=1)
+    macro_identities: int = Field(ge=1)  # macro identities of their own, none of them a micro subject
+    macro_videos_per_identity: int = Field(ge=1)
     macro_video_duration_s: float = Field(gt=0)
     macro_duration_s: Range
     macro_peak_px: Range

@@ -22,7 +22,15 @@ from pipeline.synth.au import (
     emotion_of,
     expression_field,
 )
-from pipeline.synth.demo import CODING_SHEET, apex_offsets, plan_micro_clips, subject_identity
+from pipeline.synth.demo import (
+    CODING_SHEET,
+    LANDMARKS_5,
+    MASK_DIR,
+    apex_offsets,
+    macro_identity,
+    plan_micro_clips,
+    subject_identity,
+)
 from pipeline.synth.face import Layout, eyelid_maps, landmarks, sample_identity
 from pipeline.synth.render import raised_cosine
 
@@ -50,7 +58,7 @@ def params() -> SynthesizeParams:
     real = load_params(ROOT / "params.yaml").synthesize
     return shrink(
         real, n_subjects=2, clips_per_class=1, face_size_px=64, macro_video_duration_s=3.0,
-        macro_duration_s=(0.5, 1.5), macro_fps=15.0,
+        macro_duration_s=(0.5, 1.5), macro_fps=15.0, macro_identities=2,
     )
 
 
@@ -218,9 +226,9 @@ def test_raised_cosine_profile():
 def test_macro_videos_decode_with_decord_and_match_their_ground_truth(demo, params):
     decord = pytest.importorskip("decord")
     _, _, macro_dir = demo
-    videos = sorted(macro_dir.glob("demo_sub*_m*.mp4"))
-    assert [v.stem for v in videos] == [f"demo_sub{s + 1:02d}_m{m}" for s in range(params.n_subjects)
-                                        for m in range(params.macro_videos_per_subject)]
+    videos = sorted(macro_dir.glob("demo_id*_m*.mp4"))
+    assert [v.stem for v in videos] == [f"demo_id{i + 1:02d}_m{m}" for i in range(params.macro_identities)
+                                        for m in range(params.macro_videos_per_identity)]
     reader = decord.VideoReader(str(videos[0]))
     assert len(reader) == round(params.macro_video_duration_s * params.macro_fps)
     assert reader.get_avg_fps() == pytest.approx(params.macro_fps, rel=1e-3)
@@ -263,3 +271,34 @@ def test_bad_params_are_refused_by_name(params, tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
         render_demo(shrink(params, **overrides), tmp_path / "micro", tmp_path / "macro", progress=False)
     assert not (tmp_path / "micro").exists()
+
+
+def test_macro_identities_are_not_micro_subjects(params):
+    """MA2MI's premise: the macro videos come from other people than the micro-expression subjects."""
+    micro = [subject_identity(params, s) for s in range(params.n_subjects)]
+    macro = [macro_identity(params, i) for i in range(params.macro_identities)]
+    assert not {m.texture_seed for m in macro} & {m.texture_seed for m in micro}
+    assert macro_identity(params, 0) == macro_identity(shrink(params, n_subjects=5), 0)  # independent of n_subjects
+
+
+def test_ground_truth_landmarks_sit_on_the_rendered_face(demo, params):
+    """The onset landmarks of the ground truth lie where the face shows them: the eyes on dark pixels (iris),
+    level with each other, the nose between them and the mouth below; the AU masks cover part of the face."""
+    truth, micro_dir, macro_dir = demo
+    row = truth.iloc[0]
+    onset = cv2.imread(str(micro_dir / "Cropped" / row["subject"] / row["clip"] / f"reg_img{row['onset_frame']}.jpg"),
+                       cv2.IMREAD_GRAYSCALE).astype(float)
+    points = {name: (row[f"{name}_x"], row[f"{name}_y"]) for name in LANDMARKS_5}
+    for eye in ("eye_l", "eye_r"):
+        x, y = (round(v) for v in points[eye])
+        assert onset[y, x] < np.median(onset), f"{eye} at ({x}, {y}) is not on the dark iris"
+    assert points["eye_l"][0] < points["nose_tip"][0] < points["eye_r"][0]
+    assert abs(points["eye_l"][1] - points["eye_r"][1]) < 1.0
+    assert points["mouth_corner_l"][1] > points["nose_tip"][1] > points["eye_l"][1]
+    for row in truth.itertuples():
+        mask = cv2.imread(str(micro_dir / MASK_DIR / f"{row.subject}_{row.clip}.png"), cv2.IMREAD_GRAYSCALE)
+        assert mask.shape == (params.face_size_px, params.face_size_px)
+        assert 0.002 < (mask > 0).mean() < 0.5, row.clip
+    landmarks = pd.read_parquet(macro_dir / "landmarks.parquet")
+    assert set(landmarks["video"]) == {v.stem for v in macro_dir.glob("*.mp4")}
+    assert landmarks["expression"].between(0, 1).all() and (landmarks["expression"] == 0).any()

@@ -2,9 +2,17 @@
 
 Micro: ``micro_dir/Cropped/subXX/EPxx_yy[f]/reg_img<N>.jpg`` at ``micro_fps``, each clip a few neutral frames,
 then onset -> apex -> offset (< 0.5 s, sub-2-px peak displacement), then a few more; the coding sheet
-``micro_dir/CASME2-coding-20140508.xlsx`` in the real sheet's layout; ``micro_dir/ground_truth.csv``.
-Macro: ``macro_dir/demo_subXX_m<k>.mp4``, the face in a 2x canvas with background, several macro-expressions
-(0.5-4 s, several px) between neutral stretches; ``macro_dir/ground_truth.csv``.
+``micro_dir/CASME2-coding-20140508.xlsx`` in the real sheet's layout.
+Macro: ``macro_dir/demo_idXX_m<k>.mp4`` of ``macro_identities`` identities of their own (none of them is a micro
+subject, as DFEW's actors are not CASME II's), the face in a 2x canvas with background, several
+macro-expressions (several px) between neutral stretches.
+
+Ground truth, which no adapter reads (it is only used to measure alignment and attention):
+``micro_dir/ground_truth.csv`` (one row per clip: AUs, class, duration, peak displacement and the five landmarks
+of the onset frame, px of the frame), ``micro_dir/ground_truth_au_masks/<subject>_<clip>.png`` (where the clip's
+AUs move the skin by at least :data:`AU_MASK_FRACTION` of its peak displacement, at the apex; 255 inside),
+``macro_dir/ground_truth.csv`` (one row per macro-expression) and ``macro_dir/landmarks.parquet`` (the five
+landmarks of every frame, with the frame's expression intensity).
 
 Randomness is keyed by ``(seed, subject, stream, item)`` (NumPy ``SeedSequence`` entropy), so a subject's face
 does not change when, say, ``clips_per_class`` does, and every file is a pure function of the params.
@@ -17,13 +25,15 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 from pipeline.config import SynthesizeParams
+from pipeline.io import write_parquet
 from pipeline.synth.au import CLASS_PATTERNS, Expression, action_units_cell, expression_field, sample_expression
-from pipeline.synth.face import Identity, Layout, sample_identity
+from pipeline.synth.face import Identity, Layout, landmarks, sample_identity
 from pipeline.synth.render import (
     MACRO_NUISANCE,
     MICRO_NUISANCE,
@@ -36,14 +46,22 @@ from pipeline.synth.render import (
     render_frames,
     sampling_offsets,
 )
-from pipeline.synth.writers import VideoSink, write_coding_sheet, write_csv, write_jpeg
+from pipeline.synth.writers import VideoSink, write_coding_sheet, write_csv, write_jpeg, write_png
 
 __all__ = [
+    "AU_MASK_FRACTION",
     "CODING_SHEET",
+    "LANDMARKS_5",
+    "LANDMARK_COLUMNS",
+    "MASK_DIR",
     "MacroEvent",
     "MicroClip",
     "apex_offsets",
+    "au_mask",
     "check_params",
+    "frame_landmarks",
+    "macro_identity",
+    "macro_identity_name",
     "plan_macro_events",
     "plan_micro_clips",
     "render_demo",
@@ -54,6 +72,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CODING_SHEET = "CASME2-coding-20140508.xlsx"
+MASK_DIR = "ground_truth_au_masks"  # under the micro root; no adapter reads it
 CLASSES = ("negative", "positive", "surprise")
 MACRO_CANVAS_SCALE = 2  # macro canvas side / face box side: the face sits in background, as in real videos
 FIRST_FRAME = (10, 60)  # CASME II clip folders start at img<N> with N a few tens
@@ -61,14 +80,17 @@ PRE_ONSET_FRAMES = (3, 12)  # neutral frames before the onset
 POST_OFFSET_FRAMES = (0, 8)  # frames after the offset
 APEX_FRACTION = (0.35, 0.6)  # (apex - onset) / (offset - onset); CASME II: onset -> apex ~ 0.15 s of ~0.33 s
 MACRO_GAP_S = (0.3, 1.2)  # neutral stretch before each macro-expression
+LANDMARKS_5 = ("eye_l", "eye_r", "nose_tip", "mouth_corner_l", "mouth_corner_r")  # image left first, MTCNN's order
+LANDMARK_COLUMNS = [f"{name}_{axis}" for name in LANDMARKS_5 for axis in ("x", "y")]
+AU_MASK_FRACTION = 0.25  # an AU region: skin moved by at least this share of the clip's peak displacement
 MICRO_COLUMNS = [
     "subject", "clip", "onset_frame", "apex_frame", "offset_frame", "action_units", "emotion", "class",
-    "duration_s", "peak_displacement_px",
+    "duration_s", "peak_displacement_px", *LANDMARK_COLUMNS,
 ]
 MACRO_COLUMNS = [
     "video", "onset_s", "apex_s", "offset_s", "action_units", "emotion", "class", "duration_s", "peak_displacement_px",
 ]
-_STREAM_IDENTITY, _STREAM_MICRO, _STREAM_MACRO = 0, 1, 2
+_STREAM_IDENTITY, _STREAM_MICRO, _STREAM_MACRO, _STREAM_MACRO_IDENTITY = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -107,8 +129,52 @@ def subject_name(index: int) -> str:
 
 
 def subject_identity(params: SynthesizeParams, subject: int) -> Identity:
-    """Return the seeded face of subject ``subject`` (0-based); no param but ``seed`` changes it."""
+    """Return the seeded face of micro subject ``subject`` (0-based); no param but ``seed`` changes it."""
     return sample_identity(_rng(params, subject, _STREAM_IDENTITY))
+
+
+def macro_identity(params: SynthesizeParams, index: int) -> Identity:
+    """Return the seeded face of macro identity ``index`` (0-based).
+
+    Drawn from a stream of its own: never a micro subject's face, and unchanged when ``n_subjects`` changes.
+    """
+    return sample_identity(_rng(params, index, _STREAM_MACRO_IDENTITY))
+
+
+def macro_identity_name(index: int) -> str:
+    """Name of macro identity ``index`` (0-based) in video names: ``'id01'``, ``'id02'``, ..."""
+    return f"id{index + 1:02d}"
+
+
+def frame_landmarks(identity: Identity, layout: Layout, drift: np.ndarray) -> np.ndarray:
+    """The five landmarks (:data:`LANDMARKS_5`) of a neutral face under head drift, px of the frames.
+
+    Args:
+        identity: the face.
+        layout: where its face box sits in the canvas.
+        drift: ``(T, 2, 3)`` backward head-drift maps (:func:`pipeline.synth.render.head_drift`).
+
+    Returns:
+        ``(T, 5, 2)`` float32 ``(x, y)``. Expressions are not included: they move the mouth corners by up to the
+        peak displacement at the apex (~2 px for a micro-expression), which is why alignment is measured on onset
+        frames and neutral macro frames.
+    """
+    points = landmarks(identity)
+    neutral = layout.to_px(np.stack([points[name] for name in LANDMARKS_5]))  # (5, 2)
+    out = np.empty((len(drift), len(LANDMARKS_5), 2), np.float32)
+    for t, backward in enumerate(drift):
+        forward = cv2.invertAffineTransform(backward)  # neutral px -> frame px
+        out[t] = neutral @ forward[:, :2].T + forward[:, 2]
+    return out
+
+
+def au_mask(field: np.ndarray, fraction: float = AU_MASK_FRACTION) -> np.ndarray:
+    """Mask of an expression's region: ``(S, S) uint8``, 255 where ``field`` moves the skin enough.
+
+    Enough: by at least ``fraction`` of the largest displacement of ``field`` ``(S, S, 2)``.
+    """
+    norm = np.linalg.norm(field, axis=-1)
+    return np.where(norm >= fraction * norm.max(), 255, 0).astype(np.uint8)
 
 
 def check_params(params: SynthesizeParams) -> None:
@@ -226,54 +292,71 @@ def apex_offsets(expression: Expression, identity: Identity, layout: Layout, pea
 
 
 def render_micro_clip(
-    clip: MicroClip, identity: Identity, scene: Scene, params: SynthesizeParams, rng: np.random.Generator, root: Path
+    clip: MicroClip, identity: Identity, scene: Scene, params: SynthesizeParams, rng: np.random.Generator, root: Path,
+    mask_dir: Path,
 ) -> dict:
     """Render and write one clip's ``reg_img<N>.jpg`` frames under ``root/subXX/<clip>/``.
 
+    Also writes the clip's AU mask (:func:`au_mask` of the apex field) as ``mask_dir/<subject>_<clip>.png``.
+
     Returns:
         The clip's ground-truth row (:data:`MICRO_COLUMNS`); ``peak_displacement_px`` is measured on the field
-        applied at the apex frame.
+        applied at the apex frame, the landmarks are the onset frame's.
     """
     field = apex_offsets(clip.expression, identity, scene.layout, clip.peak_px)  # (S, S, 2) px
     n_frames = clip.last_frame - clip.first_frame + 1
     f0 = clip.first_frame
     amplitude = raised_cosine(n_frames, clip.onset_frame - f0, clip.apex_frame - f0, clip.offset_frame - f0)
     fps = params.micro_fps
-    frames = render_frames(
-        scene, [field], amplitude[None], blink_closure(n_frames, fps, rng, MICRO_NUISANCE),
-        head_drift(n_frames, fps, rng, MICRO_NUISANCE, scene.layout), illumination(n_frames, fps, rng, MICRO_NUISANCE),
-        params.noise_std, rng,
-    )
+    closure = blink_closure(n_frames, fps, rng, MICRO_NUISANCE)  # the draws in this order: closure, drift, light
+    drift = head_drift(n_frames, fps, rng, MICRO_NUISANCE, scene.layout)
+    frames = render_frames(scene, [field], amplitude[None], closure, drift,
+                           illumination(n_frames, fps, rng, MICRO_NUISANCE), params.noise_std, rng)
     folder = root / clip.subject / clip.clip
     folder.mkdir(parents=True, exist_ok=True)
     for k, frame in enumerate(frames):
         write_jpeg(folder / f"reg_img{f0 + k}.jpg", frame, params.jpeg_quality)
+    mask_dir.mkdir(parents=True, exist_ok=True)
+    write_png(mask_dir / f"{clip.subject}_{clip.clip}.png", au_mask(field))
+    onset_landmarks = frame_landmarks(identity, scene.layout, drift[clip.onset_frame - f0: clip.onset_frame - f0 + 1])
     return {
         "subject": clip.subject, "clip": clip.clip, "onset_frame": clip.onset_frame, "apex_frame": clip.apex_frame,
         "offset_frame": clip.offset_frame, "action_units": str(action_units_cell(clip.expression.aus)),
         "emotion": clip.expression.emotion, "class": clip.expression.cls,
         "duration_s": (clip.offset_frame - clip.onset_frame) / fps,
         "peak_displacement_px": _peak_norm(amplitude[clip.apex_frame - f0] * field),
+        **dict(zip(LANDMARK_COLUMNS, onset_landmarks[0].ravel().tolist(), strict=True)),
     }
 
 
 def render_macro_video(
     name: str, identity: Identity, scene: Scene, params: SynthesizeParams, rng: np.random.Generator, path: Path
-) -> list[dict]:
-    """Render and write one macro video (``mp4v``); return one ground-truth row per macro-expression."""
+) -> tuple[list[dict], pd.DataFrame]:
+    """Render and write one macro video (``mp4v``).
+
+    Returns:
+        One ground-truth row per macro-expression, and the video's landmark table: one row per frame with
+        ``video, frame_index, time_s, expression`` (the largest expression intensity in [0, 1] at that frame) and
+        :data:`LANDMARK_COLUMNS` (px of the frame).
+    """
     fps = params.macro_fps
     n_frames = round(params.macro_video_duration_s * fps)
     events = plan_macro_events(params, rng)
     fields = [apex_offsets(e.expression, identity, scene.layout, e.peak_px) for e in events]
     amplitudes = np.stack([raised_cosine(n_frames, e.onset_frame, e.apex_frame, e.offset_frame) for e in events])
-    frames = render_frames(
-        scene, fields, amplitudes, blink_closure(n_frames, fps, rng, MACRO_NUISANCE),
-        head_drift(n_frames, fps, rng, MACRO_NUISANCE, scene.layout), illumination(n_frames, fps, rng, MACRO_NUISANCE),
-        params.noise_std, rng,
-    )
+    closure = blink_closure(n_frames, fps, rng, MACRO_NUISANCE)  # the draws in this order: closure, drift, light
+    drift = head_drift(n_frames, fps, rng, MACRO_NUISANCE, scene.layout)
+    frames = render_frames(scene, fields, amplitudes, closure, drift,
+                           illumination(n_frames, fps, rng, MACRO_NUISANCE), params.noise_std, rng)
     with VideoSink(path, fps, scene.layout.canvas_px) as sink:
         for frame in frames:
             sink.write(frame)
+    points = frame_landmarks(identity, scene.layout, drift).reshape(n_frames, -1)  # (T, 10)
+    table = pd.DataFrame(points, columns=LANDMARK_COLUMNS)
+    table.insert(0, "expression", amplitudes.max(axis=0))
+    table.insert(0, "time_s", np.arange(n_frames) / fps)
+    table.insert(0, "frame_index", np.arange(n_frames))
+    table.insert(0, "video", name)
     return [
         {
             "video": name, "onset_s": e.onset_frame / fps, "apex_s": e.apex_frame / fps,
@@ -283,7 +366,7 @@ def render_macro_video(
             "peak_displacement_px": _peak_norm(amplitudes[k, e.apex_frame] * fields[k]),
         }
         for k, e in enumerate(events)
-    ]
+    ], table
 
 
 def coding_sheet_rows(truth: pd.DataFrame) -> pd.DataFrame:
@@ -305,7 +388,10 @@ def _clear_previous(micro_dir: Path, macro_dir: Path) -> None:
     if cropped.exists():
         log.info("removing the previous demo frames in %s", cropped)
         shutil.rmtree(cropped)
-    for old in sorted(macro_dir.glob("demo_sub*_m*.mp4")):
+    masks = micro_dir / MASK_DIR
+    if masks.exists():
+        shutil.rmtree(masks)
+    for old in sorted(macro_dir.glob("demo_*_m*.mp4")):
         old.unlink()
 
 
@@ -330,26 +416,34 @@ def render_demo(params: SynthesizeParams, micro_dir: Path, macro_dir: Path, prog
     _clear_previous(micro_dir, macro_dir)
     size = params.face_size_px
     micro_layout, macro_layout = Layout(size, size), Layout(MACRO_CANVAS_SCALE * size, size)
-    n_items = params.n_subjects * (len(CLASSES) * params.clips_per_class + params.macro_videos_per_subject)
-    micro_rows, macro_rows = [], []
+    n_items = (params.n_subjects * len(CLASSES) * params.clips_per_class
+               + params.macro_identities * params.macro_videos_per_identity)
+    micro_rows, macro_rows, macro_landmarks = [], [], []
     with tqdm(total=n_items, desc="synthesize", unit="clip", disable=None if progress else True) as bar:
         for s in range(params.n_subjects):
             identity = subject_identity(params, s)
             scene = make_scene(identity, micro_layout)
             for k, clip in enumerate(plan_micro_clips(params, s)):
                 rng = _rng(params, s, _STREAM_MICRO, k + 1)
-                micro_rows.append(render_micro_clip(clip, identity, scene, params, rng, micro_dir / "Cropped"))
+                micro_rows.append(render_micro_clip(clip, identity, scene, params, rng, micro_dir / "Cropped",
+                                                    micro_dir / MASK_DIR))
                 bar.update()
+        for i in range(params.macro_identities):
+            identity = macro_identity(params, i)
             scene = make_scene(identity, macro_layout)
-            for m in range(params.macro_videos_per_subject):
-                name = f"demo_{subject_name(s)}_m{m}"
-                rng = _rng(params, s, _STREAM_MACRO, m)
-                macro_rows += render_macro_video(name, identity, scene, params, rng, macro_dir / f"{name}.mp4")
+            for m in range(params.macro_videos_per_identity):
+                name = f"demo_{macro_identity_name(i)}_m{m}"
+                rows, landmark_table = render_macro_video(name, identity, scene, params,
+                                                          _rng(params, i, _STREAM_MACRO, m), macro_dir / f"{name}.mp4")
+                macro_rows += rows
+                macro_landmarks.append(landmark_table)
                 bar.update()
     truth = pd.DataFrame(micro_rows, columns=MICRO_COLUMNS).sort_values(["subject", "clip"], ignore_index=True)
     write_coding_sheet(coding_sheet_rows(truth), micro_dir / CODING_SHEET)
     write_csv(truth, micro_dir / "ground_truth.csv")
     write_csv(pd.DataFrame(macro_rows, columns=MACRO_COLUMNS), macro_dir / "ground_truth.csv")
-    log.info("wrote %d micro clips to %s and %d macro videos to %s", len(truth), micro_dir,
-             params.n_subjects * params.macro_videos_per_subject, macro_dir)
+    write_parquet(pd.concat(macro_landmarks, ignore_index=True), macro_dir / "landmarks.parquet")
+    log.info("wrote %d micro clips of %d subjects to %s and %d macro videos of %d other identities to %s",
+             len(truth), params.n_subjects, micro_dir, params.macro_identities * params.macro_videos_per_identity,
+             params.macro_identities, macro_dir)
     return truth

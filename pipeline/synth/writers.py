@@ -37,6 +37,20 @@ def _partial(path: Path) -> Path:
     return path.with_name(f".{path.stem}.partial{path.suffix}")
 
 
+def write_png(path: Path, image: np.ndarray) -> None:
+    """Write a ``(H, W)`` uint8 mask or ``(H, W, 3)`` uint8 RGB image as a lossless PNG.
+
+    Raises:
+        ValueError: not uint8, or not 2-D / 3-channel.
+        OSError: OpenCV could not encode or write the file.
+    """
+    if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
+        raise ValueError(f"{path}: expected (H, W) or (H, W, 3) uint8, got {image.shape} {image.dtype}")
+    bgr = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    if not cv2.imwrite(str(path), bgr):
+        raise OSError(f"{path}: OpenCV could not write the PNG")
+
+
 def write_jpeg(path: Path, rgb: np.ndarray, quality: int) -> None:
     """Write one frame as JPEG.
 
