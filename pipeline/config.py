@@ -156,9 +156,11 @@ class MicroParams(_Section):
     casme2_frames: Literal["cropped", "raw"]
     smic_labels: Literal["folders", "sheet"]  # SMIC-HS: labels from folders (HS/s1/micro/<class>/…) | HS-E sheet
     smic_apex: Path | None  # CSV (subject, clip, apex_frame) of spotted SMIC apexes; None = middle frame
-    detector: Literal["haar", "none"]
-    box_scale: float = Field(gt=0)
+    detector: str  # a key of pipeline.align.DETECTORS: none (pre-cropped) | haar | mtcnn (5 landmarks, similarity)
+    box_scale: float = Field(gt=0)  # haar: square crop side = scale * detected box side
+    align_margin: float = Field(ge=0)  # mtcnn: the ArcFace template shrunk by 1 / (1 + margin) (brows to chin)
     image_size_px: int = Field(ge=16)
+    optical_flow: Literal["tvl1", "none"]  # onset -> apex TV-L1 flow (u, v, strain) stored beside the crops
 
 
 class ModelParams(_Section):

@@ -20,10 +20,12 @@ import pandas as pd
 from PIL import Image, ImageFile
 from tqdm.auto import tqdm
 
+from pipeline.align import clip_matrix, make_detector
 from pipeline.config import MicroParams
 from pipeline.datasets import check_frames, load_dataset
-from pipeline.io import encode_png
-from pipeline.video import HaarFaceDetector, crop_matrix, warp_face
+from pipeline.flow import flow_features
+from pipeline.io import encode_array, encode_png
+from pipeline.video import warp_face
 
 __all__ = ["Ingested", "align_clip", "ingest_micro", "read_image", "summarise", "summary_markdown"]
 
@@ -35,7 +37,10 @@ class Ingested(NamedTuple):
 
     Attributes:
         samples: the adapter's sample columns plus ``onset_image``, ``apex_image`` (PNG bytes of
-            ``(image_size_px, image_size_px, 3) uint8 RGB``) and ``image_size_px``.
+            ``(image_size_px, image_size_px, 3) uint8 RGB``), ``crop_matrix`` (the clip's ``(2, 3)`` transform
+            from frame px to crop px, row-major, 6 floats), ``flow`` (with ``micro.optical_flow: tvl1``:
+            :func:`pipeline.io.encode_array` bytes of ``(3, S, S) float16``, u and v in px of the crop and the
+            optical strain, :func:`pipeline.flow.flow_features` at the crop size) and ``image_size_px``.
         dropped: ``source_dataset, sheet_row, subject, clip, reason``: every annotation row that is not a sample.
         classes: class names in label order.
         fixes: ``source_dataset, sheet_row, subject, clip, apex_before, apex_after, reason``: the apex fixes
@@ -90,33 +95,26 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def align_clip(onset: np.ndarray, apex: np.ndarray, params: MicroParams,
-               detector: HaarFaceDetector | None) -> tuple[np.ndarray, np.ndarray]:
-    """Crop onset and apex with one transform computed on the onset frame.
+               detector: object | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Crop onset and apex with one transform computed on the onset frame (:func:`pipeline.align.clip_matrix`).
 
     Args:
         onset: ``(H, W, 3) uint8 RGB`` onset frame of the clip.
         apex: ``(H, W, 3) uint8 RGB`` apex frame of the same clip (same size as ``onset``).
-        params: the ``micro`` section (``box_scale``, ``image_size_px``).
-        detector: Haar detector, or None for pre-cropped faces (the centred square of the frame is used).
+        params: the ``micro`` section (``image_size_px``, ``box_scale``, ``align_margin``).
+        detector: from :func:`pipeline.align.make_detector` (None for pre-cropped faces).
 
     Returns:
-        ``(onset_crop, apex_crop)``, each ``(image_size_px, image_size_px, 3) uint8 RGB``.
+        ``(onset_crop, apex_crop, matrix)``: the crops ``(image_size_px, image_size_px, 3) uint8 RGB`` and the
+        ``(2, 3)`` float64 transform from frame px to crop px.
 
     Raises:
         ValueError: frames of different sizes, or no face found on the onset frame.
     """
     if onset.shape != apex.shape:
         raise ValueError(f"onset {onset.shape} and apex {apex.shape} frames differ in size")
-    height, width = onset.shape[:2]
-    if detector is None:
-        side = float(min(height, width))
-        box, scale = ((width - side) / 2, (height - side) / 2, side, side), 1.0
-    else:
-        box, scale = detector.detect(onset), params.box_scale
-        if box is None:
-            raise ValueError("no face found on the onset frame")
-    matrix = crop_matrix(box, scale, params.image_size_px)
-    return warp_face(onset, matrix, params.image_size_px), warp_face(apex, matrix, params.image_size_px)
+    matrix = clip_matrix(onset, detector, params.image_size_px, params.box_scale, params.align_margin)
+    return warp_face(onset, matrix, params.image_size_px), warp_face(apex, matrix, params.image_size_px), matrix
 
 
 def ingest_micro(params: MicroParams, progress: bool = True) -> Ingested:
@@ -136,13 +134,13 @@ def ingest_micro(params: MicroParams, progress: bool = True) -> Ingested:
     for reason in fixes["reason"]:
         log.warning("%s", reason)
     samples, missing = check_frames(samples, layouts)
-    detector = HaarFaceDetector() if params.detector == "haar" else None
-    onsets, apexes, ok, failures = [], [], [], []
+    detector = make_detector(params.detector)
+    onsets, apexes, flows, matrices, ok, failures = [], [], [], [], [], []
     for row in tqdm(samples.itertuples(index=False), total=len(samples), desc="align clips",
                     disable=None if progress else True):
         try:
-            onset, apex = align_clip(read_image(Path(row.onset_path)), read_image(Path(row.apex_path)), params,
-                                     detector)
+            onset, apex, matrix = align_clip(read_image(Path(row.onset_path)), read_image(Path(row.apex_path)),
+                                             params, detector)
         except (FileNotFoundError, ValueError) as err:
             failures.append({"source_dataset": row.source_dataset, "sheet_row": row.sheet_row,
                              "subject": row.subject, "clip": row.clip, "reason": f"{row.sample_id}: {err}"})
@@ -150,9 +148,15 @@ def ingest_micro(params: MicroParams, progress: bool = True) -> Ingested:
             continue
         onsets.append(encode_png(onset))
         apexes.append(encode_png(apex))
+        matrices.append(matrix.ravel().tolist())
+        if params.optical_flow == "tvl1":  # (3, S, S) float16: u, v in px of the crop, optical strain
+            flows.append(encode_array(flow_features(onset, apex, params.image_size_px).astype(np.float16)))
         ok.append(True)
     samples = samples[np.array(ok, dtype=bool)].reset_index(drop=True)
     samples["onset_image"], samples["apex_image"] = onsets, apexes
+    samples["crop_matrix"] = matrices
+    if params.optical_flow == "tvl1":
+        samples["flow"] = flows
     samples["image_size_px"] = params.image_size_px
     dropped = pd.concat([frame for frame in (dropped, missing, pd.DataFrame(failures, columns=dropped.columns))
                          if len(frame)] or [dropped], ignore_index=True)

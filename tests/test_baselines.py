@@ -223,7 +223,8 @@ def test_create_model_knows_the_four_models(params_224: ModelParams) -> None:
         assert model.image_size_px == 224, name
         for method in ("forward_features", "forward_head", "reset_classifier", "get_classifier"):
             assert callable(getattr(model, method)), f"{name}.{method}"
-    with pytest.raises(ValueError, match="unknown model 'mmnet2'; known models: miacnet, mmnet, resnet18-diff, ststnet"):
+    with pytest.raises(ValueError, match="unknown model 'mmnet2'; known models: miacnet, mmnet, resnet18-diff, "
+                                         "ststnet"):
         create_model("mmnet2", num_classes=4, params=params_224)
 
 

@@ -16,7 +16,7 @@ from pipeline.sheets import read_table
 def _params(root, **kw):
     base = {"dataset": "demo", "root": root, "annotation": None, "protocol": "megc2019-3class",
             "apex_outside": "middle", "casme2_frames": "cropped", "smic_labels": "folders", "smic_apex": None,
-            "detector": "none", "box_scale": 1.3, "image_size_px": 32}
+            "detector": "none", "box_scale": 1.3, "align_margin": 0.25, "image_size_px": 32, "optical_flow": "none"}
     return MicroParams(**{**base, **kw})
 
 
@@ -145,3 +145,25 @@ def test_adapter_reads_the_synthesized_demo_exactly(tmp_path, raw_params):
     assert (merged[["onset_frame", "apex_frame", "offset_frame"]].to_numpy()
             == merged[["onset_frame_truth", "apex_frame_truth", "offset_frame_truth"]].to_numpy()).all()
     assert samples["onset_image"].ne(samples["apex_image"]).all()  # the apex moved
+
+
+@pytest.mark.parametrize("detector", ["haar", "mtcnn"])
+def test_detectors_align_the_demo_onset_and_the_flow_is_stored(tmp_path, raw_params, detector):
+    """micro.detector haar | mtcnn: one transform per clip from the onset (stored as crop_matrix), a face found on
+    every synthetic onset; micro.optical_flow tvl1: (3, S, S) flow beside the crops, the motion where the AUs are."""
+    from pipeline.config import SynthesizeParams
+    from pipeline.io import decode_array
+    from pipeline.synth import render_demo
+    from tests.conftest import shrink
+
+    raw = shrink(raw_params)
+    raw["synthesize"].update(n_subjects=2, face_size_px=128)
+    truth = render_demo(SynthesizeParams(**raw["synthesize"]), tmp_path / "micro", tmp_path / "macro", progress=False)
+    samples, dropped, _, _ = ingest_micro(_params(tmp_path / "micro", image_size_px=64, detector=detector,
+                                                  optical_flow="tvl1"), progress=False)
+    assert dropped.empty and len(samples) == len(truth)
+    matrices = np.array(samples["crop_matrix"].tolist())  # (N, 6)
+    assert matrices.shape == (len(samples), 6) and np.isfinite(matrices).all()
+    flow = np.stack([decode_array(cell) for cell in samples["flow"]])
+    assert flow.shape == (len(samples), 3, 64, 64) and flow.dtype == np.float16
+    assert np.abs(flow[:, :2]).max() > 0.1  # sub-pixel to pixel motion was found

@@ -27,7 +27,7 @@ CASME3_NATIVE = ["anger", "disgust", "fear", "happy", "others", "sad", "surprise
 def _params(root, **kw):
     base = {"dataset": "casme3", "root": root, "annotation": None, "protocol": "native", "apex_outside": "middle",
             "casme2_frames": "cropped", "smic_labels": "folders", "smic_apex": None, "detector": "none",
-            "box_scale": 1.3, "image_size_px": 16}
+            "box_scale": 1.3, "align_margin": 0.25, "image_size_px": 16, "optical_flow": "none"}
     return MicroParams(**{**base, **kw})
 
 

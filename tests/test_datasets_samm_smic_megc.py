@@ -32,7 +32,7 @@ BMP = cv2.imencode(".bmp", np.full((8, 8, 3), 128, np.uint8))[1].tobytes()
 def _params(root, **kw):
     base = {"dataset": "samm", "root": root, "annotation": None, "protocol": "native", "apex_outside": "middle",
             "casme2_frames": "cropped", "smic_labels": "folders", "smic_apex": None, "detector": "none",
-            "box_scale": 1.3, "image_size_px": 16}
+            "box_scale": 1.3, "align_margin": 0.25, "image_size_px": 16, "optical_flow": "none"}
     return MicroParams(**{**base, **kw})
 
 

@@ -42,7 +42,7 @@ LAYOUTS = {"cropped": ("Cropped", "reg_img{}.jpg"), "raw": ("CASME2_RAW_selected
 def _params(root, **kw):
     base = {"dataset": "casme2", "root": root, "annotation": None, "protocol": "megc2019-3class",
             "apex_outside": "middle", "casme2_frames": "cropped", "smic_labels": "folders", "smic_apex": None,
-            "detector": "none", "box_scale": 1.3, "image_size_px": 16}
+            "detector": "none", "box_scale": 1.3, "align_margin": 0.25, "image_size_px": 16, "optical_flow": "none"}
     return MicroParams(**{**base, **kw})
 
 
