@@ -24,6 +24,7 @@ install: $(VENV)/.installed
 demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pipeline.local_prefect -- dvc repro
 	PATH="$(CURDIR)/$(BIN):$$PATH" dvc metrics show
+	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pipeline.summary   # arms x accuracy / UF1 / UAR (mean ± std over seeds), the report
 
 # lint first (ruff, rules in pyproject.toml), then every test and the library's doctests
 test: install

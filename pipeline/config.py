@@ -274,6 +274,30 @@ class FinetuneParams(_Section):
         return self
 
 
+class FinalParams(_Section):
+    """Final models (``final``): one per arm, trained on every subject with the recipe, for ``ma2mi predict``."""
+
+    dir: Path  # <arm>.pt (weights) + <arm>.json (model card), stages final_<arm>
+    cache_dir: Path  # finished training states, reused when only the card's LOSO metrics changed; outside DVC
+    baseline: list[str]  # [] = no final_baseline stage; [finetune.baseline.model] = one (the baseline arm must be on)
+
+
+class AttentionParams(_Section):
+    """Heat maps of the LOSO fold models on their held-out clips and their localisation score (``attention``)."""
+
+    dir: Path  # metrics.json, per_clip.csv, examples.png
+    method: Literal["gradcam", "attention"]  # Grad-CAM on forward_features | MIACNet's action attention
+    examples_per_class: int = Field(ge=0)  # held-out clips per class drawn for the report
+
+
+class ReportParams(_Section):
+    """The self-contained HTML report of a run (``report``)."""
+
+    path: Path  # the HTML file
+    summary: Path  # the metrics table as Markdown (what `make demo` prints)
+    pretrain_examples: int = Field(ge=0)  # held-out macro frame pairs shown with MA2MI's prediction
+
+
 class Params(_Section):
     """The whole of ``params.yaml``, one field per top-level section.
 
@@ -288,6 +312,9 @@ class Params(_Section):
     model: ModelParams
     pretrain: PretrainParams
     finetune: FinetuneParams
+    final: FinalParams
+    attention: AttentionParams
+    report: ReportParams
 
     @model_validator(mode="after")
     def _consistent(self) -> Params:

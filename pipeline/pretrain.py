@@ -190,9 +190,9 @@ def train_and_save(params: Params, out: Path, device: torch.device,
     """Pre-train MA2MI on ``params.paths.macro_dir``; rank 0 writes the outputs into ``out``.
 
     The whole job of the ``pretrain`` stage, in one process or in every rank of ``torchrun``. Outputs (rank 0;
-    the same files whatever the number of ranks): ``encoder.pt`` (``encoder``: the branch weights,
-    ``model_params``, ``metrics``), ``metrics.json`` (the metrics rounded to 6 decimals) and ``dvclive/`` (one
-    step per epoch).
+    the same files whatever the number of ranks): ``encoder.pt`` (``encoder``: the branch weights, ``decoder``:
+    the decoder's, for the report's reconstruction examples, ``model_params``, ``metrics``), ``metrics.json``
+    (the metrics rounded to 6 decimals) and ``dvclive/`` (one step per epoch).
 
     Args:
         params: all params (``model``, ``pretrain``, the paths).
@@ -224,7 +224,7 @@ def train_and_save(params: Params, out: Path, device: torch.device,
             live.next_step()
 
         model, metrics = pretrain(index, images, params.model, params.pretrain, device, log_epoch, **run)
-    save_checkpoint(out / "encoder.pt", encoder=model.encoder_state_dict(),
+    save_checkpoint(out / "encoder.pt", encoder=model.encoder_state_dict(), decoder=model.decoder.state_dict(),
                     model_params=params.model.model_dump(mode="json"), metrics=metrics)
     write_json({k: round(v, 6) for k, v in metrics.items()}, out / "metrics.json")
     return metrics

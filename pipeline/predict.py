@@ -1,0 +1,183 @@
+"""Apply a final model to a new clip, with the training preprocessing, and say where it looked (DESIGN §10).
+
+:func:`load_model` reads a model card (``models/final/<arm>.json``, :mod:`pipeline.final`) and the weights beside
+it; :meth:`Predictor.predict` takes a clip's onset and apex frames and does what training did to them:
+
+1. ONE crop / alignment transform from the onset frame, with the card's detector (``none``, ``haar``, ``mtcnn``),
+   ``box_scale``, ``align_margin`` and crop size, applied to both frames
+   (:func:`pipeline.ingest_micro.align_clip`, the function ``ingest_micro`` uses);
+2. with ``optical_flow: tvl1``, the onset → apex TV-L1 flow at the crop size, stored as float16 as
+   ``ingest_micro`` stores it (:func:`pipeline.flow.flow_features`);
+3. the crops (and flow) turned into the model's batch by :class:`pipeline.finetune.MicroTensors`, the class that
+   fed training: resized to the model's input side, ImageNet-normalised, flow resized to the model's grid;
+4. softmax probabilities, and a heat map on the aligned onset crop (:mod:`pipeline.heatmap`): Grad-CAM of the
+   predicted class on ``forward_features`` (every model), or MIACNet's action-branch attention.
+
+Usage (after ``dvc repro``; frames are ``(H, W, 3) uint8 RGB``, e.g. from :func:`pipeline.clips.read_clip`)::
+
+    predictor = load_model("models/final/ma2mi.json")
+    prediction = predictor.predict(onset_frame, apex_frame)
+    prediction.label, prediction.probabilities  # 'positive', {'negative': 0.08, 'positive': 0.87, ...}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline.align import make_detector
+from pipeline.cards import NotAModelCardError, read_card
+from pipeline.clips import InputError
+from pipeline.config import MicroParams, ModelParams
+from pipeline.final import PREPROCESSING_KEYS
+from pipeline.finetune import MicroTensors, model_inputs
+from pipeline.flow import flow_features
+from pipeline.heatmap import HEATMAP_METHODS, model_heatmaps
+from pipeline.ingest_micro import align_clip
+from pipeline.io import encode_array, encode_png
+from pipeline.models.registry import create_model
+
+__all__ = ["NoFaceError", "NotAModelCardError", "Prediction", "Predictor", "card_path", "load_model"]
+
+
+class NoFaceError(InputError):
+    """The detector found no face on the clip's onset frame."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What a final model says about one clip.
+
+    Attributes:
+        probabilities: class name -> softmax probability, in the card's class order.
+        label: the most probable class.
+        heatmap: ``(S, S) float32`` in [0, 1] on the aligned onset crop (S: the card's crop size).
+        aligned_onset: ``(S, S, 3) uint8 RGB``, the onset frame as the model saw it (before resizing).
+        crop_matrix: ``(2, 3)`` float64, frame px -> crop px (the clip's one transform).
+    """
+
+    probabilities: dict[str, float]
+    label: str
+    heatmap: np.ndarray
+    aligned_onset: np.ndarray
+    crop_matrix: np.ndarray
+
+
+def card_path(models_dir: Path, arm: str) -> Path:
+    """The card of ``arm``'s final model in ``models_dir``.
+
+    Raises:
+        InputError: there is none (the message lists the arms that have one).
+    """
+    path = models_dir / f"{arm}.json"
+    if not path.is_file():
+        found = sorted(p.stem for p in models_dir.glob("*.json")) if models_dir.is_dir() else []
+        raise InputError(f"no final model for arm {arm!r} in {models_dir} (found: {', '.join(found) or 'none'}); "
+                         f"run `dvc repro final_{arm}`")
+    return path
+
+
+class Predictor:
+    """A final model with its card's preprocessing; see the module docstring.
+
+    Args:
+        card: the model card (:func:`pipeline.final.model_card`).
+        model: the model, weights loaded, in eval mode.
+        device: where it runs.
+
+    Attributes:
+        classes: class names in label order.
+        crop_size_px: S, the aligned crop's side.
+    """
+
+    def __init__(self, card: dict, model: torch.nn.Module, device: torch.device) -> None:
+        self.card, self.model, self.device = card, model.eval(), device
+        self.classes: list[str] = list(card["classes"])
+        preprocessing = card["preprocessing"]
+        # align_clip reads image_size_px, box_scale and align_margin: the card's values, unvalidated (no dataset)
+        self.micro = MicroParams.model_construct(**{k: preprocessing[k] for k in PREPROCESSING_KEYS})
+        self.crop_size_px = int(preprocessing["image_size_px"])
+        self.model_size_px = int(card["input"]["model_size_px"])
+        self.detector = make_detector(preprocessing["detector"])
+
+    def aligned(self, onset_frame: np.ndarray, apex_frame: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(onset crop, apex crop, matrix)``: the clip's one transform from its onset frame, as in training.
+
+        Raises:
+            NoFaceError: no face on the onset frame.
+            InputError: frames that are not ``(H, W, 3) uint8`` of the same size.
+        """
+        for name, frame in (("onset", onset_frame), ("apex", apex_frame)):
+            if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+                raise InputError(f"the {name} frame must be an (H, W, 3) uint8 RGB array, got "
+                                 f"{getattr(frame, 'shape', type(frame).__name__)} {getattr(frame, 'dtype', '')}")
+        try:
+            return align_clip(onset_frame, apex_frame, self.micro, self.detector)
+        except ValueError as err:
+            if "no face" in str(err):
+                raise NoFaceError(f"{err}: the {self.card['preprocessing']['detector']} detector of this model "
+                                  "found no face; is the face visible and frontal?") from err
+            raise InputError(str(err)) from err
+
+    def batch(self, onset_crop: np.ndarray, apex_crop: np.ndarray) -> dict[str, torch.Tensor]:
+        """The model's batch of one clip, built by the class that fed training (:class:`MicroTensors`)."""
+        row = {"onset_image": [encode_png(onset_crop)], "apex_image": [encode_png(apex_crop)], "label": [0]}
+        if self.card["preprocessing"]["optical_flow"] == "tvl1":  # as ingest_micro stores it: float16
+            row["flow"] = [encode_array(flow_features(onset_crop, apex_crop, self.crop_size_px).astype(np.float16))]
+        data = MicroTensors(pd.DataFrame(row), self.model_size_px)
+        batch = next(data.batches(np.arange(1), 1, None, flow_size_px=getattr(self.model, "flow_size_px", None)))
+        return {key: value.to(self.device) for key, value in batch.items()}
+
+    def predict(self, onset_frame: np.ndarray, apex_frame: np.ndarray, method: str = "gradcam") -> Prediction:
+        """Classify a clip from its onset and apex frames and map where the model looked.
+
+        Args:
+            onset_frame: ``(H, W, 3) uint8 RGB``, the clip's whole onset frame.
+            apex_frame: its apex frame, the same size.
+            method: ``gradcam`` (every model) or ``attention`` (MIACNet's action attention).
+
+        Returns:
+            The :class:`Prediction`.
+
+        Raises:
+            NoFaceError: no face on the onset frame.
+            InputError: bad frames, or ``attention`` for a model without it.
+        """
+        if method not in HEATMAP_METHODS:
+            raise InputError(f"heat-map method {method!r}: known {', '.join(HEATMAP_METHODS)}")
+        onset_crop, apex_crop, matrix = self.aligned(onset_frame, apex_frame)
+        inputs = model_inputs(self.model, self.batch(onset_crop, apex_crop))
+        try:
+            heatmaps, probabilities = model_heatmaps(self.model, inputs, self.crop_size_px, method)
+        except ValueError as err:
+            raise InputError(str(err)) from err
+        probs = {name: float(p) for name, p in zip(self.classes, probabilities[0], strict=True)}
+        return Prediction(probs, self.classes[int(np.argmax(probabilities[0]))], heatmaps[0], onset_crop, matrix)
+
+
+def load_model(card: str | Path, device: str | torch.device = "cpu") -> Predictor:
+    """A :class:`Predictor` from a model card and the weights its ``weights`` entry names (beside the card).
+
+    Raises:
+        NotAModelCardError: the file is not a model card, or its weights are missing or do not fit its model.
+    """
+    path = Path(card)
+    card = read_card(path)
+    weights = path.parent / card["weights"]
+    if not weights.is_file():
+        raise NotAModelCardError(f"{path}: its weights {weights} are missing (dvc pull or dvc repro final_"
+                                 f"{card.get('arm', '<arm>')})")
+    params = ModelParams.model_validate(card["model"]["params"])
+    model = create_model(card["model"]["name"], len(card["classes"]), params)
+    state = torch.load(weights, map_location="cpu")
+    try:
+        model.load_state_dict(state["model"])
+    except (KeyError, RuntimeError) as err:
+        raise NotAModelCardError(f"{weights}: does not hold the weights of the card's {card['model']['name']} "
+                                 f"({type(err).__name__}: {str(err).splitlines()[0]})") from err
+    device = torch.device(device)
+    return Predictor(card, model.to(device), device)
