@@ -62,6 +62,7 @@ class PathsParams(_Section):
     finetune_dir: Path  # per-init, per-fold predictions and checkpoints
     evaluate_dir: Path  # metrics.json, plots, tables
     checkpoint_dir: Path  # resumable training state; outside DVC outputs (which DVC deletes before a rerun)
+    macro_cache_dir: Path  # ingest_macro's per-video results, reused by a resumed or grown ingest; outside DVC
 
 
 class WheelSpec(_Section):
@@ -131,6 +132,9 @@ class MacroParams(_Section):
     image_size_px: int = Field(ge=16)
     max_fps: float = Field(gt=0)
     shard_frames: int = Field(ge=1)
+    jpeg_quality: int = Field(ge=1, le=100)  # stored crops are JPEG (4:4:4)
+    workers: int = Field(ge=0)  # parallel ingest processes; 0 = one per core; not a DVC param (same outputs)
+    cluster: str | None  # None: a local Dask cluster of `workers` processes; else a scheduler's address
 
     @model_validator(mode="after")
     def _sources(self) -> MacroParams:

@@ -1,16 +1,25 @@
-"""Macro-expression videos → aligned face frames (the input of MA2MI pre-training).
+"""Macro-expression videos → aligned face frames (the input of MA2MI pre-training), streamed.
 
-For each video: decode with decord (subsampled to at most ``max_fps``), detect the face with the Haar cascade on
-key frames ``detect_every_s`` apart, interpolate and smooth the box track, crop a square around it and resize to
-``image_size_px``. Every decoded frame gets a row in the frame index with its status: ``ok`` (cropped and
-stored), ``no_face`` (no detection near it). A video that cannot be decoded gets a row in the video table with
-status ``decode_error`` and the reason. Nothing is dropped silently.
+For each video: decode in bounded chunks (subsampled to at most ``max_fps``), detect the face with the Haar
+cascade on key frames ``detect_every_s`` apart, confirm, interpolate and smooth the box track (a centred window of
+``smooth_window_s``), crop a square around it, resize to ``image_size_px`` and encode it as JPEG — all while the
+video streams: only a look-ahead of about half a smoothing window plus two key intervals of decoded frames is
+held, whatever the video's length (:class:`pipeline.video.BoxTracker`).
+
+Every decoded frame gets a row in the frame index with its status: ``ok`` (cropped and stored), ``no_face`` (no
+detection near it). A video that cannot be decoded gets a row in the video table with status ``decode_error`` and
+the reason. A stream that breaks mid-way keeps the frames decoded before the break and says where and why in its
+``reason``. Nothing is dropped silently.
+
+Crops are JPEG (quality ``jpeg_quality``, 4:4:4 chroma): at 112 px about a third of PNG's bytes and several
+times faster to decode, which is what a streaming pre-training loader needs (``benchmarks/ingest_scale.py``).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,42 +28,68 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import MacroParams, MacroSource
-from pipeline.io import encode_png
 from pipeline.sheets import read_table
 from pipeline.video import (
+    BoxTracker,
+    FrameSource,
     HaarFaceDetector,
     VideoDecodeError,
-    VideoInfo,
-    confirm_detections,
     crop_matrix,
-    iter_frames,
-    open_video,
-    smooth_box_track,
     warp_face,
 )
 
-__all__ = ["MacroVideoResult", "SourceItem", "find_videos", "ingest_video", "list_source"]
+__all__ = [
+    "INDEX_COLUMNS",
+    "VIDEO_COLUMNS",
+    "FrameBatch",
+    "MacroVideoResult",
+    "SourceItem",
+    "decode_crop",
+    "encode_crop",
+    "find_videos",
+    "ingest_video",
+    "list_source",
+    "stream_video",
+]
 
 log = logging.getLogger(__name__)
 
 INDEX_COLUMNS = ["video", "frame_index", "time_s", "x", "y", "w", "h", "status"]
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
+FRAME_COLUMNS = ["video", "frame_index", "time_s", "image"]
+VIDEO_COLUMNS = ["video", "path", "status", "reason", "fps", "n_frames_native", "n_frames", "n_ok"]
 
 
 @dataclass
 class MacroVideoResult:
-    """What one video produced.
+    """What one video produced (in memory: for tests and small inputs; the stage streams to disk instead).
 
     Attributes:
         video: one row: ``video, path, status, reason, fps, n_frames_native, n_frames, n_ok``.
         index: one row per decoded frame: ``video, frame_index, time_s, x, y, w, h, status``.
-        frames: the ``ok`` frames: ``video, frame_index, time_s, image`` (PNG bytes of a
-            ``(image_size_px, image_size_px, 3)`` uint8 RGB face crop).
+        frames: the ``ok`` frames: ``video, frame_index, time_s, image`` (JPEG bytes of a
+            ``(image_size_px, image_size_px, 3)`` uint8 RGB face crop; :func:`decode_crop` reads them).
     """
 
     video: dict
     index: pd.DataFrame
     frames: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class FrameBatch:
+    """Consecutive decoded frames whose boxes are final.
+
+    Attributes:
+        frame_index: (n,) int64 native frame numbers.
+        time_s: (n,) float64 seconds.
+        boxes: (n, 4) float64 ``(x, y, w, h)`` px of the smoothed face box; NaN rows: no face.
+        crops: (n_ok, S, S, 3) uint8 RGB aligned faces of the rows with a box, in order.
+    """
+
+    frame_index: np.ndarray
+    time_s: np.ndarray
+    boxes: np.ndarray
+    crops: np.ndarray
 
 
 def find_videos(folders: list[Path], suffixes: list[str]) -> list[Path]:
@@ -98,7 +133,8 @@ def list_source(name: str, source: MacroSource, suffixes: list[str]) -> list[Sou
 
     Raises:
         FileNotFoundError: ``root`` does not exist. AnnotationError: the CSV is missing or lacks ``file``.
-        ValueError: a ``start_s``/``end_s`` cell is not a number (names the row and column).
+        ValueError: a ``start_s``/``end_s`` cell is not a number (names the row and column), or two CSV rows
+            give the same video id (file stem).
     """
     if not source.root.is_dir():
         raise FileNotFoundError(f"macro.sources.{name}: root {source.root} does not exist")
@@ -119,108 +155,198 @@ def list_source(name: str, source: MacroSource, suffixes: list[str]) -> list[Sou
                                  f"{value!r} is not a number of seconds")
             window[column] = None if number is None else float(number)
         items.append(SourceItem(f"{name}/{Path(row['file']).stem}", source.root / row["file"], **window))
+    ids = pd.Series([item.video for item in items])
+    if ids.duplicated().any():
+        raise ValueError(f"{source.root / source.csv}: video ids (file stems) must be unique; repeated: "
+                         f"{sorted(set(ids[ids.duplicated()]))}")
     return items
 
 
-def _failed(video: str, path: Path, status: str, reason: str) -> MacroVideoResult:
-    row = dict(video=video, path=str(path), status=status, reason=reason, fps=float("nan"),
-               n_frames_native=0, n_frames=0, n_ok=0)
-    return MacroVideoResult(row, pd.DataFrame(columns=INDEX_COLUMNS), pd.DataFrame())
+def encode_crop(image: np.ndarray, quality: int) -> bytes:
+    """JPEG bytes of ``image: (S, S, 3) uint8 RGB`` (libjpeg-turbo through OpenCV; 4:4:4: no chroma subsampling).
+
+    Args:
+        image: the crop.
+        quality: JPEG quality, 1-100.
+
+    Raises:
+        ValueError: not an ``(H, W, 3) uint8`` image.
+    """
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+    ok, data = cv2.imencode(".jpg", np.ascontiguousarray(image[..., ::-1]), [
+        cv2.IMWRITE_JPEG_QUALITY, int(quality),
+        cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444])
+    if not ok:
+        raise ValueError(f"JPEG encoding of a {image.shape} image failed")
+    return data.tobytes()
 
 
-def _decode_video(path: Path, max_fps: float, start_s: float | None, end_s: float | None):
-    """``(frames (N, H, W, 3) uint8 RGB, frame_index (N,), time_s (N,), fps, n_native, VideoInfo)``."""
-    reader, info = open_video(path)
-    step = max(1, math.ceil(info.fps / max_fps - 1e-6))
+def decode_crop(data: bytes) -> np.ndarray:
+    """A stored crop (JPEG, or PNG from older shards) → ``(S, S, 3) uint8 RGB``.
+
+    Raises:
+        ValueError: the bytes are not an image.
+    """
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"{len(data)} bytes are not a JPEG/PNG image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _frame_plan(info, max_fps: float, start_s: float | None, end_s: float | None, path: Path,
+                sequence: bool) -> tuple[np.ndarray, np.ndarray, float]:
+    """``(native indices (N,), times_s (N,), fps)`` of the frames to decode.
+
+    Every ``step``-th frame (rate at most ``max_fps``; image sequences keep every frame), inside
+    ``[start_s, end_s]``.
+
+    Raises:
+        VideoDecodeError: no frame falls in the window.
+    """
+    step = 1 if sequence else max(1, math.ceil(info.fps / max_fps - 1e-6))
     indices = np.arange(0, info.n_frames, step)
     times_s = indices / info.fps
     keep = (times_s >= (start_s or 0.0)) & (times_s <= (end_s if end_s is not None else np.inf))
-    indices, times_s = indices[keep], times_s[keep]
-    if len(indices) == 0:
+    if not keep.any():
         raise VideoDecodeError(f"{path}: no frame between start_s={start_s} and end_s={end_s}")
-    try:
-        frames = np.concatenate([chunk for _, chunk in iter_frames(reader, indices)])
-    except Exception as err:  # a stream that opens but breaks mid-way
-        raise VideoDecodeError(f"{path}: decoding failed mid-stream ({err})") from err
-    return frames, indices, times_s, info.fps / step, info.n_frames, info
+    return indices[keep], times_s[keep], info.fps / step
 
 
-def _decode_sequence(folder: Path, fps: float):
-    """An image sequence (e.g. CK+ ``S005/001/S005_001_00000001.png``): frames in file-name order."""
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise VideoDecodeError(f"{folder}: no image files")
-    frames = []
-    for file in files:
-        image = cv2.imread(str(file), cv2.IMREAD_COLOR)  # grey CK+ frames come back as 3 equal channels
-        if image is None:
-            raise VideoDecodeError(f"{file}: not a readable image")
-        frames.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
-    if len({f.shape for f in frames}) > 1:
-        raise VideoDecodeError(f"{folder}: frames of different sizes")
-    height, width = frames[0].shape[:2]
-    indices = np.arange(len(frames))
-    info = VideoInfo(folder, len(frames), fps, width, height)
-    return np.stack(frames), indices, indices / fps, fps, len(frames), info
+def _crops(frames: dict[int, np.ndarray], start: int, boxes: np.ndarray, params: MacroParams) -> np.ndarray:
+    """(n_ok, S, S, 3) uint8 crops of the frames ``start + i`` whose box is finite."""
+    size = params.image_size_px
+    rows = np.flatnonzero(~np.isnan(boxes[:, 0]))
+    out = np.empty((len(rows), size, size, 3), np.uint8)
+    for k, i in enumerate(rows):
+        out[k] = warp_face(frames[start + i], crop_matrix(tuple(boxes[i]), params.box_scale, size), size)
+    return out
 
 
-def ingest_video(path: Path, params: MacroParams, detector: HaarFaceDetector | None, video: str | None = None,
-                 sequence_fps: float | None = None, start_s: float | None = None,
-                 end_s: float | None = None) -> MacroVideoResult:
-    """Decode, detect, smooth and crop one video file, or one image-sequence folder (see the module docstring).
+def _track(source: FrameSource, indices: np.ndarray, times_s: np.ndarray, params: MacroParams,
+           detector: HaarFaceDetector | None) -> Iterator[FrameBatch]:
+    """Decode, detect, track and crop; yield :class:`FrameBatch` es in frame order as boxes become final."""
+    if detector is None:  # frames are faces already: the centred square of the frame is the crop
+        info = source.info
+        side = float(min(info.width_px, info.height_px))
+        box = np.array([(info.width_px - side) / 2, (info.height_px - side) / 2, side, side])
+        for positions, chunk in source.chunks(indices):
+            boxes = np.tile(box, (len(positions), 1))
+            crops = _crops(dict(zip(positions.tolist(), chunk, strict=True)), int(positions[0]), boxes, params)
+            yield FrameBatch(indices[positions], times_s[positions], boxes, crops)
+        return
+    tracker = BoxTracker(times_s, params.detect_every_s, params.smooth_window_s)
+    held: dict[int, np.ndarray] = {}  # decoded frames whose box is not final yet (the look-ahead)
+    last = None
+    for positions, chunk in source.chunks(indices):
+        for position, frame in zip(positions.tolist(), chunk, strict=True):
+            if tracker.next_key() == position:
+                tracker.add_detection(detector.detect(frame))
+            held[position] = frame
+        last = (int(positions[-1]), chunk[-1])
+        tracker.advance(int(positions[-1]) + 1)
+        yield from _release(tracker, held, indices, times_s, params)
+    if last is None:
+        raise VideoDecodeError(f"{source.path}: no frame could be decoded "
+                               f"({source.stop_reason or 'the reader returned none'})")
+    tracker.end(last[0] + 1)
+    if tracker.next_key() == last[0]:  # the stream broke: its last frame becomes the last key frame
+        tracker.add_detection(detector.detect(last[1]))
+    yield from _release(tracker, held, indices, times_s, params)
+
+
+def _release(tracker: BoxTracker, held: dict[int, np.ndarray], indices: np.ndarray, times_s: np.ndarray,
+             params: MacroParams) -> Iterator[FrameBatch]:
+    """Crop the frames whose box became final and forget every frame that no longer needs its pixels."""
+    start, boxes = tracker.pop_final()
+    if len(boxes):
+        crops = _crops(held, start, boxes, params)
+        for position in range(start, start + len(boxes)):
+            held.pop(position, None)
+        yield FrameBatch(indices[start : start + len(boxes)], times_s[start : start + len(boxes)], boxes, crops)
+    for position in [p for p in held if tracker.has_face(p) is False]:
+        del held[position]
+
+
+def stream_video(path: Path, params: MacroParams, detector: HaarFaceDetector | None,
+                 on_frames: Callable[[pd.DataFrame], None], video: str | None = None,
+                 sequence_fps: float | None = None, start_s: float | None = None, end_s: float | None = None,
+                 num_threads: int = 0) -> tuple[dict, pd.DataFrame]:
+    """Ingest one video file or image-sequence folder, handing its stored frames over as they are produced.
 
     Args:
         path: a video file, or (with ``sequence_fps``) a folder of frame images.
         params: the ``macro`` section.
         detector: the face detector, or None when ``params.detector == 'none'`` (frames are faces already:
             the centred square of the frame is the crop).
+        on_frames: called, in frame order, with each batch of ``ok`` frames: a DataFrame ``video, frame_index,
+            time_s, image`` (JPEG bytes), at most a decode chunk long.
         video: the id rows carry (default: the file stem).
         sequence_fps: frame rate of an image sequence (its files carry none); None for video files.
-        start_s, end_s: keep only frames in this time window (seconds), e.g. from a source CSV.
+        start_s: keep only frames from this time on (seconds), e.g. from a source CSV.
+        end_s: keep only frames up to this time (seconds).
+        num_threads: decoding threads (0: the decoder's choice).
+
+    Returns:
+        ``(row, index)``: the video's row (``VIDEO_COLUMNS``) and its frame index (``INDEX_COLUMNS``, one row
+        per decoded frame). A missing or undecodable input gives a ``decode_error`` row and an empty index, not
+        an exception; a stream that breaks mid-way keeps its frames and says why in ``reason``.
+    """
+    video = video or path.stem
+    failed = {"video": video, "path": str(path), "status": "decode_error", "fps": float("nan"),
+              "n_frames_native": 0, "n_frames": 0, "n_ok": 0}
+    try:
+        source = FrameSource(path, sequence_fps, num_threads)
+    except (VideoDecodeError, OSError) as err:
+        log.warning("skipping %s: %s", video, err)
+        return {**failed, "reason": str(err)}, _empty_index()
+    try:
+        indices, times_s, fps = _frame_plan(source.info, params.max_fps, start_s, end_s, path,
+                                            sequence_fps is not None)
+        parts, n_ok = [], 0
+        for batch in _track(source, indices, times_s, params, detector):
+            ok = ~np.isnan(batch.boxes[:, 0])
+            parts.append(pd.DataFrame({"frame_index": batch.frame_index.astype(np.int64), "time_s": batch.time_s,
+                                       "x": batch.boxes[:, 0], "y": batch.boxes[:, 1], "w": batch.boxes[:, 2],
+                                       "h": batch.boxes[:, 3], "status": np.where(ok, "ok", "no_face")}))
+            if ok.any():
+                on_frames(pd.DataFrame({"video": video, "frame_index": batch.frame_index[ok].astype(np.int64),
+                                        "time_s": batch.time_s[ok],
+                                        "image": [encode_crop(c, params.jpeg_quality) for c in batch.crops]}))
+                n_ok += int(ok.sum())
+    except (VideoDecodeError, OSError) as err:
+        log.warning("skipping %s: %s", video, err)
+        return {**failed, "reason": str(err)}, _empty_index()
+    finally:
+        source.close()
+    index = pd.concat(parts, ignore_index=True)
+    index.insert(0, "video", video)
+    reasons = [f"{path}: {source.stop_reason}" if source.stop_reason else "", source.note]
+    if n_ok == 0:
+        reasons.insert(0, f"{path}: no face found in any frame")
+        log.warning("%s", reasons[0])
+    row = {"video": video, "path": str(path), "status": "ok" if n_ok else "no_face",
+           "reason": "; ".join(r for r in reasons if r), "fps": fps, "n_frames_native": source.info.n_frames,
+           "n_frames": len(index), "n_ok": n_ok}
+    return row, index[INDEX_COLUMNS]
+
+
+def _empty_index() -> pd.DataFrame:
+    return pd.DataFrame({"video": pd.Series(dtype=str), "frame_index": pd.Series(dtype=np.int64),
+                         **{c: pd.Series(dtype=float) for c in ("time_s", "x", "y", "w", "h")},
+                         "status": pd.Series(dtype=str)})
+
+
+def ingest_video(path: Path, params: MacroParams, detector: HaarFaceDetector | None, video: str | None = None,
+                 sequence_fps: float | None = None, start_s: float | None = None,
+                 end_s: float | None = None) -> MacroVideoResult:
+    """:func:`stream_video` with the stored frames collected in memory (for tests and short videos).
 
     Returns:
         A :class:`MacroVideoResult`; a missing or corrupt input gives a ``decode_error`` row, not an exception.
     """
-    video = video or path.stem
-    try:
-        if sequence_fps is not None:
-            decoded, indices, times_s, fps, n_native, info = _decode_sequence(path, sequence_fps)
-        else:
-            decoded, indices, times_s, fps, n_native, info = _decode_video(path, params.max_fps, start_s, end_s)
-    except (VideoDecodeError, OSError) as err:
-        log.warning("skipping %s: %s", video, err)
-        return _failed(video, path, "decode_error", str(err))
-    boxes = _face_track(decoded, times_s, info, params, detector)
-    ok = ~np.isnan(boxes).any(axis=1)
-    index = pd.DataFrame({"video": video, "frame_index": indices, "time_s": times_s})
-    index[["x", "y", "w", "h"]] = boxes
-    index["status"] = np.where(ok, "ok", "no_face")
-    crops = [
-        encode_png(warp_face(decoded[i], crop_matrix(tuple(boxes[i]), params.box_scale, params.image_size_px),
-                             params.image_size_px))
-        for i in np.flatnonzero(ok)
-    ]
-    frames = index.loc[ok, ["video", "frame_index", "time_s"]].reset_index(drop=True)
-    frames["image"] = crops
-    status, reason = ("ok", "") if ok.any() else ("no_face", f"{path}: no face found in any frame")
-    if not ok.any():
-        log.warning("%s", reason)
-    row = dict(video=video, path=str(path), status=status, reason=reason, fps=fps, n_frames_native=n_native,
-               n_frames=len(indices), n_ok=int(ok.sum()))
-    return MacroVideoResult(row, index, frames)
-
-
-def _face_track(frames: np.ndarray, times_s: np.ndarray, info, params: MacroParams,
-                detector: HaarFaceDetector | None) -> np.ndarray:
-    """(N, 4) smoothed ``(x, y, w, h)`` boxes for ``frames: (N, H, W, 3)``; NaN rows where there is no face."""
-    if detector is None:
-        side = float(min(info.width_px, info.height_px))
-        box = ((info.width_px - side) / 2, (info.height_px - side) / 2, side, side)
-        return np.tile(np.array(box, dtype=float), (len(frames), 1))
-    dt = float(np.median(np.diff(times_s))) if len(times_s) > 1 else 1.0
-    key_step = max(1, int(round(params.detect_every_s / dt)))
-    key = np.unique(np.r_[np.arange(0, len(frames), key_step), len(frames) - 1])
-    key_boxes = np.array([detector.detect(frames[i]) or (np.nan,) * 4 for i in key], dtype=float)
-    key_boxes = confirm_detections(key_boxes)
-    max_gap_s = 0.75 * key_step * dt + 1e-6  # a frame belongs to a face only if a nearby key frame saw it
-    return smooth_box_track(times_s, times_s[key], key_boxes, params.smooth_window_s, max_gap_s)
+    frames: list[pd.DataFrame] = []
+    row, index = stream_video(path, params, detector, frames.append, video=video, sequence_fps=sequence_fps,
+                              start_s=start_s, end_s=end_s)
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=FRAME_COLUMNS)
+    return MacroVideoResult(row, index, table)
