@@ -91,7 +91,7 @@ def timed(name, fn):
 
 HaarFaceDetector.detect = timed("detect", HaarFaceDetector.detect)
 im.warp_face = timed("crop", im.warp_face)
-im.encode_crop = timed("encode", im.encode_crop)
+im.encode_jpeg = timed("encode", im.encode_jpeg)
 FrameSource._read_capture = timed("decode", FrameSource._read_capture)
 t = time.perf_counter()
 row, index = im.stream_video(path, params, HaarFaceDetector(), lambda frames: None, num_threads=1)
@@ -225,8 +225,7 @@ def storage(params_path: Path) -> dict:
     import pyarrow.parquet as pq
     from PIL import Image
 
-    from pipeline.ingest_macro import decode_crop, encode_crop
-    from pipeline.io import decode_png, encode_png
+    from pipeline.io import decode_jpeg, decode_png, encode_jpeg, encode_png
 
     cv2.setNumThreads(1)
 
@@ -245,7 +244,7 @@ def storage(params_path: Path) -> dict:
         change = np.mean([np.abs(a.astype(np.int16) - b).mean() for a, b in itertools.pairwise(crops)])
         formats = {
             "PNG (level 1, pipeline.io)": (encode_png, decode_png),
-            "JPEG q95 4:4:4, OpenCV": (lambda im: encode_crop(im, 95), decode_crop),
+            "JPEG q95 4:4:4, OpenCV": (lambda im: encode_jpeg(im, 95), decode_jpeg),
             "JPEG q95 4:4:4, Pillow": (pil_jpeg, decode_png),
         }
         for name, (encode, decode) in formats.items():

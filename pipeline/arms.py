@@ -22,16 +22,19 @@ class Arm:
         pretrained: MIACNet's branches start from MA2MI's ``encoder.pt`` (else from random initialisation).
         baseline: the model is ``finetune.baseline.model`` (else MIACNet); the arm runs only where
             ``finetune.baseline.folds`` is not empty.
+        label_efficiency: the arm also trains on the label budgets of ``finetune.label_budgets`` (the curve
+            compares pre-training with none).
     """
 
     description: str
     pretrained: bool = False
     baseline: bool = False
+    label_efficiency: bool = False
 
 
 ARMS: dict[str, Arm] = {
-    "ma2mi": Arm("MIACNet, branches from MA2MI pre-training", pretrained=True),
-    "scratch": Arm("MIACNet from random initialisation (the ablation of pre-training)"),
+    "ma2mi": Arm("MIACNet, branches from MA2MI pre-training", pretrained=True, label_efficiency=True),
+    "scratch": Arm("MIACNet from random initialisation (the ablation of pre-training)", label_efficiency=True),
     "baseline": Arm("a published model (finetune.baseline.model) from random initialisation", baseline=True),
 }
 

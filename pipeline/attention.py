@@ -24,7 +24,7 @@ from torch import nn
 from pipeline.arms import active_arms, arm_label
 from pipeline.config import Params
 from pipeline.data import images_to_tensor
-from pipeline.finetune import MicroTensors, arm_model, model_inputs
+from pipeline.finetune import arm_model, model_inputs
 from pipeline.heatmap import model_heatmaps, overlay
 from pipeline.localisation import (
     MASK_DIR,
@@ -34,6 +34,7 @@ from pipeline.localisation import (
     summarise_localisation,
 )
 from pipeline.loso import loso_fold
+from pipeline.micro_data import MicroTensors
 from pipeline.models.registry import create_model
 
 __all__ = ["FoldMaps", "attention_metrics", "example_rows", "examples_figure", "fold_maps", "has_ground_truth",

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 __all__ = [
     "ConfigError",
     "FinetuneParams",
+    "LoaderParams",
     "MacroParams",
     "MacroSource",
     "MicroParams",
@@ -61,6 +62,8 @@ class PathsParams(_Section):
     pretrain_dir: Path  # encoder checkpoint + reconstruction metrics
     finetune_dir: Path  # per-init, per-fold predictions and checkpoints
     evaluate_dir: Path  # metrics.json, plots, tables
+    probe_dir: Path  # linear probe of frozen encoders: metrics.json, per_encoder.csv
+    checks_dir: Path  # check_micro: the micro params it checked (ingest_micro depends on it)
     checkpoint_dir: Path  # resumable training state; outside DVC outputs (which DVC deletes before a rerun)
     macro_cache_dir: Path  # ingest_macro's per-video results, reused by a resumed or grown ingest; outside DVC
 
@@ -182,6 +185,13 @@ class ModelParams(_Section):
 Device = Literal["auto", "cpu", "cuda"]
 
 
+class LoaderParams(_Section):
+    """How pre-training reads the macro shards: not part of what it learns (no DVC param, not in the fingerprint)."""
+
+    workers: int = Field(ge=0)  # DataLoader processes that read and decode; 0 = in the training process
+    cache_mb: float = Field(gt=0)  # per-process cache of shards' JPEG bytes, MB: bounds RAM whatever the corpus
+
+
 class PretrainParams(_Section):
     """MA2MI pre-training (``pretrain``) on macro-expression frame pairs.
 
@@ -200,6 +210,7 @@ class PretrainParams(_Section):
     lr: float = Field(gt=0)
     weight_decay: float = Field(ge=0)
     nproc: int = Field(ge=1)  # processes; > 1: torchrun DDP, pairs_per_epoch and batch_size split among them
+    loader: LoaderParams
 
     @field_validator("horizon_s")
     @classmethod
@@ -262,6 +273,7 @@ class FinetuneParams(_Section):
     """The ablation (``finetune``): which LOSO folds run, the baseline arm, and the recipe every arm shares."""
 
     folds: list[int] = Field(min_length=1)  # LOSO fold index into the sorted subject list
+    label_budgets: list[int]  # label-efficiency curve: also train on this many clips per class and subject
     baseline: BaselineParams
     recipe: RecipeParams
 
@@ -269,6 +281,13 @@ class FinetuneParams(_Section):
     @classmethod
     def _unique(cls, value: list[int], info) -> list[int]:
         return _distinct_naturals(value, info.field_name)
+
+    @field_validator("label_budgets")
+    @classmethod
+    def _budgets(cls, value: list[int], info) -> list[int]:
+        if value and (len(set(value)) != len(value) or min(value) < 1):
+            raise ValueError(f"label_budgets must be distinct integers >= 1 (clips per class and subject), got {value}")
+        return value
 
     @model_validator(mode="after")
     def _baseline_folds(self) -> FinetuneParams:

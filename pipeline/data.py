@@ -121,12 +121,14 @@ class FuturePairSampler:
         index: one row per stored frame, in storage order, with columns ``video`` and ``time_s``.
         horizon_s: ``(min, max)`` seconds between source and future; converted per video through its real
             frame times, so 30 fps and 200 fps footage mean the same thing.
+        part: ``(k, n)``: draw sources only from the k-th of n disjoint parts of the valid source frames (every
+            n-th, from the k-th): data-parallel ranks read disjoint parts of the corpus.
 
     Raises:
         ValueError: no frame has a future frame within the horizon.
     """
 
-    def __init__(self, index: pd.DataFrame, horizon_s: tuple[float, float]):
+    def __init__(self, index: pd.DataFrame, horizon_s: tuple[float, float], part: tuple[int, int] = (0, 1)):
         times = index["time_s"].to_numpy(dtype=float)
         video_rank = pd.factorize(index["video"], sort=True)[0]
         order = np.lexsort((times, video_rank))  # by video, then time
@@ -141,7 +143,14 @@ class FuturePairSampler:
         if not valid.any():
             raise ValueError(f"no frame has a future frame {horizon_s} s ahead in the same video")
         self._order, self._first, self._last = order, first, last
-        self._sources = np.flatnonzero(valid)
+        rank, world_size = part
+        self._sources = np.flatnonzero(valid)[rank::world_size]  # this part's sources: disjoint between parts
+        if not len(self._sources):
+            raise ValueError(f"part {rank} of {world_size} has no source frame ({valid.sum()} in all)")
+
+    def source_rows(self) -> np.ndarray:
+        """Row positions into ``index`` of the frames this part may draw as sources."""
+        return self._order[self._sources]
 
     def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """``(source, future)`` row positions into ``index``, each ``(n,) int64``."""

@@ -20,45 +20,51 @@ import pandas as pd
 from matplotlib.figure import Figure
 from sklearn.metrics import ConfusionMatrixDisplay
 
-from pipeline.arms import active_arms, arm_label
+from pipeline.arms import ARMS, active_arms, arm_label
 from pipeline.config import Params
 from pipeline.io import atomic_path
+from pipeline.loso import ALL_LABELS
 from pipeline.metrics import classification_metrics, confusion, per_group_metrics, seed_summary
 
-__all__ = ["SCORES", "Ablation", "ablation_inputs", "check_coverage", "evaluate_ablation", "format_score",
-           "mean_curve", "read_predictions", "run_info", "save_figures", "summary_rows"]
+__all__ = ["DIFFERENCE", "SCORES", "Ablation", "ablation_inputs", "check_coverage", "evaluate_ablation",
+           "format_score", "label_efficiency", "mean_curve", "read_predictions", "run_info", "save_figures",
+           "save_label_efficiency_figure", "summary_rows"]
 
 SCORES = ("accuracy", "uf1", "uar")
 DIFFERENCE = "ma2mi_minus_scratch"
 
 
 def check_coverage(predictions: pd.DataFrame, arm: str, seeds: Sequence[int], subjects: set[str],
-                   folds: Sequence[int]) -> pd.DataFrame:
-    """The predictions of ``seeds``, after checking that each seed covers every subject exactly once.
+                   folds: Sequence[int], budgets: Sequence[str] = (ALL_LABELS,)) -> pd.DataFrame:
+    """The predictions of ``seeds`` and ``budgets``, after checking that each run covers every subject once.
 
     Args:
-        predictions: every fold's predictions of one arm (``seed``, ``subject``, ``sample_id``, …).
+        predictions: every fold's predictions of one arm (``seed``, ``label_budget``, ``subject``, ``sample_id``,
+            …).
         arm: names the arm in messages.
         seeds: the seeds that must each cover every subject.
         subjects: every subject of the samples table.
         folds: the configured folds, for the message.
+        budgets: the label budgets (``'all'`` and the budgets of the curve, as text) that must each be there.
 
     Returns:
-        The rows of ``seeds``.
+        The rows of ``seeds`` and ``budgets``.
 
     Raises:
-        ValueError: a seed has no predictions, misses a subject, or predicts a sample twice (the message names
-            the arm, the seed and the missing subjects).
+        ValueError: a (budget, seed) has no predictions, misses a subject, or predicts a sample twice (the
+            message names the arm, the seed, the budget and the missing subjects).
     """
-    for seed in seeds:
-        part = predictions[predictions["seed"] == seed]
-        if part.empty:
-            raise ValueError(f"{arm}: no predictions for seed {seed}; run `dvc repro finetune_{arm}`")
-        missing = sorted(subjects - set(part["subject"]))
-        if missing or part["sample_id"].duplicated().any():
-            raise ValueError(f"{arm}, seed {seed}: finetune.folds {list(folds)} do not cover each of the "
-                             f"{len(subjects)} subjects exactly once (missing: {missing}); edit finetune.folds")
-    return predictions[predictions["seed"].isin(seeds)]
+    for budget in budgets:
+        for seed in seeds:
+            part = predictions[(predictions["seed"] == seed) & (predictions["label_budget"] == budget)]
+            run = f"seed {seed}" + ("" if budget == ALL_LABELS else f", label budget {budget}")
+            if part.empty:
+                raise ValueError(f"{arm}: no predictions for {run}; run `dvc repro finetune_{arm}`")
+            missing = sorted(subjects - set(part["subject"]))
+            if missing or part["sample_id"].duplicated().any():
+                raise ValueError(f"{arm}, {run}: finetune.folds {list(folds)} do not cover each of the "
+                                 f"{len(subjects)} subjects exactly once (missing: {missing}); edit finetune.folds")
+    return predictions[predictions["seed"].isin(seeds) & predictions["label_budget"].isin(budgets)]
 
 
 def read_predictions(params: Params, arm: str) -> pd.DataFrame:
@@ -108,7 +114,8 @@ class Ablation:
 
     Attributes:
         metrics: ``<label>.{accuracy, uf1, uar}`` (means over seeds), ``<label>.<score>_std``, ``<label>.n``
-            (samples per seed), ``<label>.seeds``; ``ma2mi_minus_scratch.*`` (paired by seed).
+            (samples per seed), ``<label>.seeds``; ``ma2mi_minus_scratch.*`` (paired by seed, with
+            ``<score>_ci95``: the 95% t interval of the mean difference over seeds).
         per_seed: one row per arm label and seed: ``arm, seed, accuracy, uf1, uar, n``.
         per_subject, per_dataset: one row per arm and subject / source dataset, over all seeds' predictions.
         confusions: arm label -> (K, K) counts over all seeds' predictions.
@@ -127,9 +134,9 @@ def evaluate_ablation(predictions: Mapping[str, pd.DataFrame], classes: Sequence
     """Score each arm's pooled LOSO predictions per seed, summarise over seeds, pair MA2MI with scratch.
 
     Args:
-        predictions: arm label -> predictions (``seed``, ``label``, ``predicted``, ``label_name``, ``subject``,
-            ``source_dataset``), checked by :func:`check_coverage`; labels ``ma2mi`` and ``scratch`` must be
-            among them for the paired difference.
+        predictions: arm label -> predictions (``seed``, ``label_budget``, ``label``, ``predicted``,
+            ``label_name``, ``subject``, ``source_dataset``), checked by :func:`check_coverage`; labels ``ma2mi``
+            and ``scratch`` must be among them for the paired difference. Only the ``'all'`` budget counts here.
         classes: class names in label order.
 
     Returns:
@@ -139,6 +146,7 @@ def evaluate_ablation(predictions: Mapping[str, pd.DataFrame], classes: Sequence
     metrics: dict = {}
     per_seed, per_subject, per_dataset, confusions, rows = [], [], [], {}, {}
     for label, table in predictions.items():
+        table = table[table["label_budget"] == ALL_LABELS]
         per_seed.append(pd.DataFrame([
             {"arm": label, "seed": seed, **classification_metrics(part["label"], part["predicted"], labels)}
             for seed, part in table.groupby("seed", sort=True)]))
@@ -150,9 +158,47 @@ def evaluate_ablation(predictions: Mapping[str, pd.DataFrame], classes: Sequence
                                     "predicted": [classes[i] for i in table["predicted"]]})
     seeds_table = pd.concat(per_seed, ignore_index=True)
     paired = seeds_table.pivot(index="seed", columns="arm", values=list(SCORES))
-    metrics[DIFFERENCE] = seed_summary(pd.DataFrame({s: paired[s]["ma2mi"] - paired[s]["scratch"] for s in SCORES}))
+    metrics[DIFFERENCE] = seed_summary(pd.DataFrame({s: paired[s]["ma2mi"] - paired[s]["scratch"] for s in SCORES}),
+                                       interval=True)
     return Ablation(metrics, seeds_table, pd.concat(per_subject, ignore_index=True),
                     pd.concat(per_dataset, ignore_index=True), confusions, rows)
+
+
+def label_efficiency(predictions: Mapping[str, pd.DataFrame], classes: Sequence[str],
+                     clips_per_class_all: float) -> tuple[pd.DataFrame, dict]:
+    """The label-efficiency curve: pooled LOSO scores per arm, label budget and seed, MA2MI vs scratch.
+
+    Args:
+        predictions: as for :func:`evaluate_ablation`, all budgets; arms without budgets other than ``'all'``
+            (the baseline) are left out.
+        classes: class names in label order.
+        clips_per_class_all: the mean number of clips per class and subject in the data: the x of ``'all'``.
+
+    Returns:
+        ``(per_seed, summary)``: ``per_seed`` has one row per arm, budget and seed (``arm, label_budget,
+        clips_per_class, seed, accuracy, uf1, uar, n``); ``summary`` maps ``'<arm>'`` and ``'ma2mi_minus_scratch'``
+        to ``{budget: seed_summary}`` (the difference paired by seed, with 95% intervals). Empty without budgets.
+    """
+    labels = list(range(len(classes)))
+    rows = []
+    for label, table in predictions.items():
+        if set(table["label_budget"]) == {ALL_LABELS}:
+            continue
+        for (budget, seed), part in table.groupby(["label_budget", "seed"], sort=True):
+            x = clips_per_class_all if budget == ALL_LABELS else float(budget)
+            rows.append({"arm": label, "label_budget": budget, "clips_per_class": x, "seed": seed,
+                         **classification_metrics(part["label"], part["predicted"], labels)})
+    per_seed = pd.DataFrame(rows, columns=["arm", "label_budget", "clips_per_class", "seed", *SCORES, "n"])
+    summary: dict = {}
+    for (arm, budget), part in per_seed.groupby(["arm", "label_budget"], sort=True):
+        summary.setdefault(arm, {})[budget] = seed_summary(part)
+    arms = set(per_seed["arm"])
+    if {"ma2mi", "scratch"} <= arms:
+        for budget, part in per_seed.groupby("label_budget", sort=True):
+            paired = part.pivot(index="seed", columns="arm", values=list(SCORES))
+            summary.setdefault(DIFFERENCE, {})[budget] = seed_summary(
+                pd.DataFrame({s: paired[s]["ma2mi"] - paired[s]["scratch"] for s in SCORES}), interval=True)
+    return per_seed, summary
 
 
 def format_score(summary: Mapping, score: str) -> str:
@@ -224,6 +270,23 @@ def save_figures(out: Path, ablation: Ablation, curves: pd.DataFrame, classes: S
     _save(fig, out / "curves.png")
 
 
+def save_label_efficiency_figure(out: Path, per_seed: pd.DataFrame) -> None:
+    """Write ``label_efficiency.png``: pooled LOSO UF1 against the training clips per class and subject.
+
+    One line per arm, mean ± std over seeds, each seed a dot.
+    """
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    for arm, part in per_seed.groupby("arm", sort=True):
+        stats = part.groupby("clips_per_class")["uf1"].agg(["mean", "std"]).sort_index()
+        ax.errorbar(stats.index, stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3, label=arm)
+        ax.plot(part["clips_per_class"], part["uf1"], ".", color="k", markersize=3, alpha=0.5)
+    ax.set(xlabel="training clips per class and subject", ylabel="pooled LOSO UF1", ylim=(0, 1),
+           title="Label efficiency: mean ± std over seeds (dots: seeds)")
+    ax.legend()
+    _save(fig, out / "label_efficiency.png")
+
+
 def ablation_inputs(params: Params, subjects: set[str]) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
     """Every active arm's checked predictions and mean training curve, by arm label.
 
@@ -232,8 +295,9 @@ def ablation_inputs(params: Params, subjects: set[str]) -> tuple[dict[str, pd.Da
     """
     predictions, curves = {}, []
     for arm in active_arms(params.finetune):
+        budgets = [ALL_LABELS, *(str(b) for b in params.finetune.label_budgets if ARMS[arm].label_efficiency)]
         table = check_coverage(read_predictions(params, arm), arm, params.finetune.recipe.seeds, subjects,
-                               params.finetune.folds)
+                               params.finetune.folds, budgets)
         predictions[arm_label(params.finetune, arm)] = table
         curves.append(mean_curve(params, arm))
     return predictions, pd.concat(curves, axis=1).rename_axis("epoch")

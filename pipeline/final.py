@@ -28,9 +28,10 @@ from pipeline.arms import ARMS, active_arms, arm_label
 from pipeline.cards import CARD_FORMAT, CARD_VERSION
 from pipeline.config import ConfigError, MicroParams, Params
 from pipeline.engine import save_checkpoint
-from pipeline.finetune import MicroTensors, arm_model, finetune_fold
+from pipeline.finetune import arm_model, finetune_fold
 from pipeline.io import write_json
 from pipeline.loso import LosoFold
+from pipeline.micro_data import MicroTensors
 from pipeline.models.registry import input_names
 
 __all__ = [

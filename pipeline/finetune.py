@@ -9,7 +9,7 @@ inputs and writes the outputs.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,14 +21,13 @@ from torch import nn
 
 from pipeline.arms import ARMS
 from pipeline.config import ConfigError, ModelParams, Params, RecipeParams
-from pipeline.data import PairAugmentation, images_to_tensor, iterate_batches, normalise
+from pipeline.data import PairAugmentation
 from pipeline.engine import Batch, fit, save_checkpoint, seed_everything, to_device
-from pipeline.flow import resize_flow
-from pipeline.io import decode_array
-from pipeline.loso import LosoFold
+from pipeline.loso import ALL_LABELS, LosoFold, label_budget
+from pipeline.micro_data import MicroTensors
 from pipeline.models.registry import MODELS, create_model, input_names
 
-__all__ = ["PREDICTION_COLUMNS", "MicroTensors", "arm_model", "finetune_fold", "finetune_seed", "lr_scheduler",
+__all__ = ["PREDICTION_COLUMNS", "arm_model", "finetune_fold", "finetune_seed", "lr_scheduler",
            "model_inputs", "predict"]
 
 log = logging.getLogger(__name__)
@@ -57,46 +56,6 @@ def arm_model(params: Params, arm: str) -> tuple[str, ModelParams]:
         raise ConfigError(f"finetune.baseline.model: {baseline.model!r} is not a model; known: "
                           f"{', '.join(sorted(MODELS))}")
     return baseline.model, params.model.model_copy(update={"image_size_px": baseline.image_size_px})
-
-
-class MicroTensors:
-    """A samples table's inputs as tensors, and batches of them.
-
-    Attributes:
-        onset, apex: ``(N, 3, S, S) uint8`` RGB crops at ``size_px``.
-        flow: ``(N, 3, S, S) float32`` onset → apex optical flow (u, v in px of the S grid, optical strain) when
-            the table has a ``flow`` column (``micro.optical_flow: tvl1``), else None.
-        label: ``(N,) int64``.
-    """
-
-    def __init__(self, samples: pd.DataFrame, size_px: int):
-        self.onset = images_to_tensor(samples["onset_image"].tolist(), size_px)
-        self.apex = images_to_tensor(samples["apex_image"].tolist(), size_px)
-        self.flow = None
-        if "flow" in samples:
-            flow = torch.from_numpy(np.stack([decode_array(cell) for cell in samples["flow"]]).astype(np.float32))
-            self.flow = resize_flow(flow, size_px)  # (N, 3, S, S)
-        self.label = torch.tensor(samples["label"].to_numpy(), dtype=torch.int64)  # a copy: pandas arrays are read-only
-
-    def batches(self, rows: np.ndarray, batch_size: int, generator: torch.Generator | None,
-                augment: PairAugmentation | None = None, flow_size_px: int | None = None) -> Iterator[Batch]:
-        """Batches of the samples at ``rows``, shuffled by ``generator`` (in order when None).
-
-        Each batch: ``onset``, ``apex``: ``(B, 3, S, S) float32`` ImageNet-normalised; ``flow`` (when present):
-        ``(B, 3, F, F) float32`` with F = ``flow_size_px`` (default S; u, v rescaled to px of that grid);
-        ``label``: ``(B,)``. ``augment`` warps a sample's onset, apex and flow alike.
-        """
-        rows = torch.as_tensor(rows)
-        for batch in iterate_batches(len(rows), batch_size, generator):
-            pick = rows[batch]
-            frames = torch.cat([normalise(self.onset[pick]), normalise(self.apex[pick])], dim=1)  # (B, 6, S, S)
-            flow = None if self.flow is None else self.flow[pick]
-            if augment is not None:
-                frames, flow = augment(frames, flow)
-            out = {"onset": frames[:, :3], "apex": frames[:, 3:], "label": self.label[pick]}
-            if flow is not None:
-                out["flow"] = resize_flow(flow, flow_size_px) if flow_size_px else flow
-            yield out
 
 
 def model_inputs(model: nn.Module, batch: Batch) -> list[torch.Tensor]:
@@ -210,10 +169,12 @@ def predict(model: nn.Module, data: MicroTensors, rows: np.ndarray, device: torc
 
 def finetune_seed(samples: pd.DataFrame, data: MicroTensors, classes: list[str], fold: LosoFold, arm: str,
                   params: Params, seed: int, device: torch.device, encoder_state: dict | None, out: Path,
-                  state_path: Path | None = None, fingerprint: str = "") -> pd.DataFrame:
+                  state_path: Path | None = None, fingerprint: str = "", budget: int | None = None) -> pd.DataFrame:
     """One seed of a ``finetune_<arm>@<fold>`` stage.
 
-    Train, log the curve, save the model, predict the held-out subject.
+    Train, log the curve, save the model, predict the held-out subject. With a label ``budget``, train on at most
+    that many clips per class and training subject (:func:`pipeline.loso.label_budget`), for the label-efficiency
+    curve: the curve goes to ``dvclive/budget<k>/seed<s>/`` and no model is saved.
 
     Writes into ``out``: ``dvclive/seed<s>/`` (per-epoch training loss and accuracy) and ``model_seed<s>.pt``
     (``model`` state dict, ``model_name``, ``arm``, ``fold``, ``seed``, ``test_subject``).
@@ -231,27 +192,35 @@ def finetune_seed(samples: pd.DataFrame, data: MicroTensors, classes: list[str],
         out: the stage's output folder.
         state_path: the seed's resumable training state (see :func:`finetune_fold`).
         fingerprint: see :func:`finetune_fold`.
+        budget: training clips per class and subject, or None for all of them.
 
     Returns:
         The held-out subject's predictions: :data:`PREDICTION_COLUMNS`, ``predicted``, one ``prob_<class>`` per
-        class, ``arm``, ``model``, ``fold``, ``seed``; one row per test sample.
+        class, ``arm``, ``model``, ``fold``, ``seed``, ``label_budget`` (``'all'`` or the budget as text), and
+        ``train_clips`` (how many clips it trained on); one row per test sample.
     """
     model_name, model_params = arm_model(params, arm)
-    with Live(dir=str(out / "dvclive" / f"seed{seed}"), save_dvc_exp=False, dvcyaml=None) as live:
+    train = fold if budget is None else label_budget(fold, samples["subject"], samples["label"], budget, seed)
+    curve = out / "dvclive" / (f"seed{seed}" if budget is None else f"budget{budget}/seed{seed}")
+    with Live(dir=str(curve), save_dvc_exp=False, dvcyaml=None) as live:
         def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
             for key, value in metrics.items():
                 live.log_metric(f"train/{key}", value)
             live.next_step()
 
-        model = finetune_fold(data, fold, len(classes), model_name, model_params, params.finetune.recipe, seed,
+        model = finetune_fold(data, train, len(classes), model_name, model_params, params.finetune.recipe, seed,
                               device, encoder_state, log_epoch, state_path=state_path, fingerprint=fingerprint)
     predicted, probs = predict(model, data, fold.test_idx, device)
     table = samples.iloc[fold.test_idx][PREDICTION_COLUMNS].reset_index(drop=True)
     table["predicted"] = predicted
     table[[f"prob_{name}" for name in classes]] = probs
     table["arm"], table["model"], table["fold"], table["seed"] = arm, model_name, fold.index, seed
-    save_checkpoint(out / f"model_seed{seed}.pt", model=model.state_dict(), model_name=model_name, arm=arm,
-                    fold=fold.index, seed=seed, test_subject=fold.test_subject)
-    log.info("fold %d (%s), %s, seed %d: accuracy %.3f on %d held-out samples", fold.index, fold.test_subject, arm,
-             seed, float((table["predicted"] == table["label"]).mean()), len(table))
+    table["label_budget"] = ALL_LABELS if budget is None else str(budget)
+    table["train_clips"] = len(train.train_idx)
+    if budget is None:
+        save_checkpoint(out / f"model_seed{seed}.pt", model=model.state_dict(), model_name=model_name, arm=arm,
+                        fold=fold.index, seed=seed, test_subject=fold.test_subject)
+    log.info("fold %d (%s), %s, seed %d, %s training clips: accuracy %.3f on %d held-out samples", fold.index,
+             fold.test_subject, arm, seed, len(train.train_idx), float((table["predicted"] == table["label"]).mean()),
+             len(table))
     return table

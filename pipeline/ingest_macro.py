@@ -23,11 +23,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 
 from pipeline.config import MacroParams, MacroSource
+from pipeline.io import encode_jpeg
 from pipeline.sheets import read_table
 from pipeline.video import (
     BoxTracker,
@@ -44,8 +44,6 @@ __all__ = [
     "FrameBatch",
     "MacroVideoResult",
     "SourceItem",
-    "decode_crop",
-    "encode_crop",
     "find_videos",
     "ingest_video",
     "list_source",
@@ -67,7 +65,7 @@ class MacroVideoResult:
         video: one row: ``video, path, status, reason, fps, n_frames_native, n_frames, n_ok``.
         index: one row per decoded frame: ``video, frame_index, time_s, x, y, w, h, status``.
         frames: the ``ok`` frames: ``video, frame_index, time_s, image`` (JPEG bytes of a
-            ``(image_size_px, image_size_px, 3)`` uint8 RGB face crop; :func:`decode_crop` reads them).
+            ``(image_size_px, image_size_px, 3)`` uint8 RGB face crop; :func:`pipeline.io.decode_jpeg` reads them).
     """
 
     video: dict
@@ -160,38 +158,6 @@ def list_source(name: str, source: MacroSource, suffixes: list[str]) -> list[Sou
         raise ValueError(f"{source.root / source.csv}: video ids (file stems) must be unique; repeated: "
                          f"{sorted(set(ids[ids.duplicated()]))}")
     return items
-
-
-def encode_crop(image: np.ndarray, quality: int) -> bytes:
-    """JPEG bytes of ``image: (S, S, 3) uint8 RGB`` (libjpeg-turbo through OpenCV; 4:4:4: no chroma subsampling).
-
-    Args:
-        image: the crop.
-        quality: JPEG quality, 1-100.
-
-    Raises:
-        ValueError: not an ``(H, W, 3) uint8`` image.
-    """
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
-    ok, data = cv2.imencode(".jpg", np.ascontiguousarray(image[..., ::-1]), [
-        cv2.IMWRITE_JPEG_QUALITY, int(quality),
-        cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444])
-    if not ok:
-        raise ValueError(f"JPEG encoding of a {image.shape} image failed")
-    return data.tobytes()
-
-
-def decode_crop(data: bytes) -> np.ndarray:
-    """A stored crop (JPEG, or PNG from older shards) → ``(S, S, 3) uint8 RGB``.
-
-    Raises:
-        ValueError: the bytes are not an image.
-    """
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"{len(data)} bytes are not a JPEG/PNG image")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def _frame_plan(info, max_fps: float, start_s: float | None, end_s: float | None, path: Path,
@@ -312,7 +278,7 @@ def stream_video(path: Path, params: MacroParams, detector: HaarFaceDetector | N
             if ok.any():
                 on_frames(pd.DataFrame({"video": video, "frame_index": batch.frame_index[ok].astype(np.int64),
                                         "time_s": batch.time_s[ok],
-                                        "image": [encode_crop(c, params.jpeg_quality) for c in batch.crops]}))
+                                        "image": [encode_jpeg(c, params.jpeg_quality) for c in batch.crops]}))
                 n_ok += int(ok.sum())
     except (VideoDecodeError, OSError) as err:
         log.warning("skipping %s: %s", video, err)

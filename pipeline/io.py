@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pandas as pd
 from PIL import Image
@@ -25,8 +26,10 @@ __all__ = [
     "atomic_dir",
     "atomic_path",
     "decode_array",
+    "decode_jpeg",
     "decode_png",
     "encode_array",
+    "encode_jpeg",
     "encode_png",
     "sha256_file",
     "write_json",
@@ -145,3 +148,35 @@ def encode_array(array: np.ndarray) -> bytes:
 def decode_array(data: bytes) -> np.ndarray:
     """The array of :func:`encode_array`'s bytes."""
     return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
+    """JPEG bytes of ``image: (H, W, 3) uint8 RGB`` (libjpeg-turbo through OpenCV; 4:4:4: no chroma subsampling).
+
+    Args:
+        image: the image.
+        quality: JPEG quality, 1-100.
+
+    Raises:
+        ValueError: not an ``(H, W, 3) uint8`` image, or the encoder failed.
+    """
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+    ok, data = cv2.imencode(".jpg", np.ascontiguousarray(image[..., ::-1]), [
+        cv2.IMWRITE_JPEG_QUALITY, int(quality),
+        cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444])
+    if not ok:
+        raise ValueError(f"JPEG encoding of a {image.shape} image failed")
+    return data.tobytes()
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+    """JPEG (or PNG) bytes of an RGB image → ``(H, W, 3) uint8 RGB``.
+
+    Raises:
+        ValueError: the bytes are not an image.
+    """
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"{len(data)} bytes are not a JPEG/PNG image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)

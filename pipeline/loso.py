@@ -12,7 +12,9 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import LeaveOneGroupOut
 
-__all__ = ["LosoFold", "loso_fold", "loso_folds"]
+__all__ = ["ALL_LABELS", "LosoFold", "label_budget", "loso_fold", "loso_folds"]
+
+ALL_LABELS = "all"  # the label budget of the ablation itself: every training clip
 
 
 @dataclass(frozen=True)
@@ -47,3 +49,34 @@ def loso_fold(subjects: pd.Series, index: int) -> LosoFold:
         raise ValueError(f"LOSO fold {index} does not exist: the data has {len(folds)} subjects "
                          f"(folds 0..{len(folds) - 1}); edit finetune.folds in params.yaml")
     return folds[index]
+
+
+def label_budget(fold: LosoFold, subjects: pd.Series, labels: pd.Series, clips_per_class: int,
+                 seed: int) -> LosoFold:
+    """``fold`` with at most ``clips_per_class`` training clips per class and training subject (a label budget).
+
+    The clips are drawn without replacement, in every (subject, class) group of the training rows, by a
+    generator seeded with ``(seed, clips_per_class)``: every arm trained with the same seed sees the same clips,
+    so the arms stay paired. A group with fewer clips keeps them all. The test rows are unchanged.
+
+    Args:
+        fold: a LOSO fold of the samples table.
+        subjects: the table's ``subject`` column.
+        labels: the table's ``label`` column.
+        clips_per_class: the budget, >= 1.
+        seed: the run's seed.
+
+    Returns:
+        A :class:`LosoFold` with the same index, test subject and test rows, and the kept training rows (sorted).
+
+    Raises:
+        ValueError: ``clips_per_class`` < 1.
+    """
+    if clips_per_class < 1:
+        raise ValueError(f"a label budget is >= 1 clip per class and subject, got {clips_per_class}")
+    rng = np.random.default_rng([seed, clips_per_class])
+    train = pd.DataFrame({"row": fold.train_idx, "subject": subjects.to_numpy()[fold.train_idx],
+                          "label": labels.to_numpy()[fold.train_idx]})
+    kept = [rng.choice(group["row"].to_numpy(), size=min(clips_per_class, len(group)), replace=False)
+            for _, group in train.groupby(["subject", "label"], sort=True)]
+    return LosoFold(fold.index, fold.test_subject, np.sort(np.concatenate(kept)), fold.test_idx)

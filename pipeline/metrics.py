@@ -11,9 +11,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 
-__all__ = ["classification_metrics", "confusion", "per_group_metrics", "seed_summary"]
+__all__ = ["ci95", "classification_metrics", "confusion", "per_group_metrics", "seed_summary"]
 
 
 def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[int]) -> dict[str, float]:
@@ -44,12 +45,27 @@ def confusion(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[int
     return confusion_matrix(y_true, y_pred, labels=list(labels))
 
 
-def seed_summary(per_seed: pd.DataFrame,
-                 columns: Sequence[str] = ("accuracy", "uf1", "uar")) -> dict[str, float | None]:
+def ci95(values: np.ndarray) -> list[float] | None:
+    """The two-sided 95% Student's t confidence interval of the mean of ``values`` (n >= 2), else None.
+
+    Example:
+        >>> [round(v, 3) for v in ci95(np.array([0.1, 0.2, 0.3]))]
+        [-0.048, 0.448]
+    """
+    if len(values) < 2:
+        return None
+    half = float(stats.t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / np.sqrt(len(values)))
+    return [float(np.mean(values)) - half, float(np.mean(values)) + half]
+
+
+def seed_summary(per_seed: pd.DataFrame, columns: Sequence[str] = ("accuracy", "uf1", "uar"),
+                 interval: bool = False) -> dict[str, float | list[float] | None]:
     """Mean and sample standard deviation (ddof = 1) over seeds of each of ``columns`` of ``per_seed``.
 
-    ``per_seed`` has one row per seed; the result is ``{'<col>': mean, '<col>_std': std, 'seeds': n}``. The std
-    is None with a single seed, where it is undefined.
+    ``per_seed`` has one row per seed; the result is ``{'<col>': mean, '<col>_std': std, 'seeds': n}``, and with
+    ``interval`` also ``'<col>_ci95': [low, high]``, the 95% confidence interval of the mean over seeds
+    (Student's t with n - 1 degrees of freedom: mean ± t(0.975, n-1) std / sqrt(n)). The std and the interval
+    are None with a single seed, where they are undefined.
     """
     if per_seed.empty:
         raise ValueError("seed_summary: no seed to summarise")
@@ -58,5 +74,7 @@ def seed_summary(per_seed: pd.DataFrame,
         values = per_seed[column].astype(float)
         summary[column] = float(values.mean())
         summary[f"{column}_std"] = float(values.std(ddof=1)) if len(values) > 1 else None
+        if interval:
+            summary[f"{column}_ci95"] = ci95(values.to_numpy())
     summary["seeds"] = len(per_seed)
     return summary

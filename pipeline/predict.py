@@ -8,7 +8,7 @@ it; :meth:`Predictor.predict` takes a clip's onset and apex frames and does what
    (:func:`pipeline.ingest_micro.align_clip`, the function ``ingest_micro`` uses);
 2. with ``optical_flow: tvl1``, the onset → apex TV-L1 flow at the crop size, stored as float16 as
    ``ingest_micro`` stores it (:func:`pipeline.flow.flow_features`);
-3. the crops (and flow) turned into the model's batch by :class:`pipeline.finetune.MicroTensors`, the class that
+3. the crops (and flow) turned into the model's batch by :class:`pipeline.micro_data.MicroTensors`, the class that
    fed training: resized to the model's input side, ImageNet-normalised, flow resized to the model's grid;
 4. softmax probabilities, and a heat map on the aligned onset crop (:mod:`pipeline.heatmap`): Grad-CAM of the
    predicted class on ``forward_features`` (every model), or MIACNet's action-branch attention.
@@ -34,11 +34,12 @@ from pipeline.cards import NotAModelCardError, read_card
 from pipeline.clips import InputError
 from pipeline.config import MicroParams, ModelParams
 from pipeline.final import PREPROCESSING_KEYS
-from pipeline.finetune import MicroTensors, model_inputs
+from pipeline.finetune import model_inputs
 from pipeline.flow import flow_features
 from pipeline.heatmap import HEATMAP_METHODS, model_heatmaps
 from pipeline.ingest_micro import align_clip
 from pipeline.io import encode_array, encode_png
+from pipeline.micro_data import MicroTensors
 from pipeline.models.registry import create_model
 
 __all__ = ["NoFaceError", "NotAModelCardError", "Prediction", "Predictor", "card_path", "load_model"]

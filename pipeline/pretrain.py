@@ -14,7 +14,7 @@ optimizer step sees ``batch_size`` pairs, as in one process. The metrics are ave
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,35 +22,19 @@ import pandas as pd
 import torch
 from dvclive import Live
 from torch import nn
+from torch.utils.data import Sampler
 
 from pipeline.config import ModelParams, Params, PretrainParams
-from pipeline.data import FuturePairSampler, images_to_tensor, iterate_batches, normalise
+from pipeline.data import FuturePairSampler, normalise
 from pipeline.distributed import all_reduce_means, broadcast_buffers, rank_info, rank_seed, wrap_ddp
 from pipeline.engine import Batch, evaluate, fit, save_checkpoint, seed_everything, to_device, training_fingerprint
 from pipeline.io import write_json
+from pipeline.macro_data import EpochPairs, MacroFrames, pair_loader
 from pipeline.models.ma2mi import MA2MI
 
-__all__ = ["load_macro_frames", "pretrain", "split_heldout", "train_and_save", "training_state_path"]
+__all__ = ["pretrain", "split_heldout", "train_and_save", "training_state_path"]
 
 log = logging.getLogger(__name__)
-
-
-def load_macro_frames(macro_dir: Path, size_px: int) -> tuple[pd.DataFrame, torch.Tensor]:
-    """Read every ``<source>/frames-*.parquet`` shard that the ``ingest_macro@<source>`` stages wrote.
-
-    Returns:
-        ``(index, images)``: ``index`` has ``video, frame_index, time_s`` (one row per stored frame);
-        ``images`` is ``(N, 3, size_px, size_px) uint8`` in the same order.
-
-    Raises:
-        FileNotFoundError: no shard in ``macro_dir``.
-    """
-    shards = sorted(macro_dir.glob("*/frames-*.parquet"))  # one folder per macro source
-    if not shards:
-        raise FileNotFoundError(f"{macro_dir}: no <source>/frames-*.parquet shard; run the ingest_macro stages")
-    table = pd.concat([pd.read_parquet(shard) for shard in shards], ignore_index=True)
-    images = images_to_tensor(table["image"].tolist(), size_px)
-    return table.drop(columns=["image"]), images
 
 
 def split_heldout(index: pd.DataFrame, heldout_videos: list[str]) -> np.ndarray:
@@ -69,19 +53,32 @@ def split_heldout(index: pd.DataFrame, heldout_videos: list[str]) -> np.ndarray:
     return heldout
 
 
-def _pair_batches(images: torch.Tensor, sources: np.ndarray, futures: np.ndarray, batch_size: int,
+def _pair_batches(loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
                   generator: torch.Generator | None) -> Iterator[Batch]:
     """Batches ``{'source', 'future'}``: ``(B, 3, H, W) float32`` ImageNet-normalised.
 
-    With a generator, pairs are shuffled and each pair is mirrored with probability 1/2 (both frames alike).
+    From the loader's ``(B, 3, H, W) uint8`` pairs; with a generator each pair is mirrored with probability 1/2
+    (both frames alike).
     """
-    for batch in iterate_batches(len(sources), batch_size, generator):
-        rows = batch.numpy()
-        source, future = images[sources[rows]], images[futures[rows]]  # (B, 3, H, W) uint8 copies
+    for source, future in loader:
         if generator is not None:
-            flip = torch.rand(len(batch), generator=generator) < 0.5
+            flip = torch.rand(len(source), generator=generator) < 0.5
+            source, future = source.clone(), future.clone()
             source[flip], future[flip] = source[flip].flip(-1), future[flip].flip(-1)
         yield {"source": normalise(source), "future": normalise(future)}
+
+
+class _FixedPairs(Sampler):
+    """Always the same pairs, in order (the held-out pairs)."""
+
+    def __init__(self, pairs: list[tuple[int, int]]) -> None:
+        self.pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter(self.pairs)
 
 
 class _Losses(nn.Module):
@@ -104,7 +101,7 @@ def _step(losses: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, floa
     return out["recon_loss"], {"recon_loss": out["recon_loss"].item(), "copy_loss": out["copy_loss"].item()}
 
 
-def pretrain(index: pd.DataFrame, images: torch.Tensor, model_params: ModelParams, params: PretrainParams,
+def pretrain(frames: MacroFrames, model_params: ModelParams, params: PretrainParams,
              device: torch.device, on_epoch: Callable[[int, dict[str, float]], None] | None = None,
              progress: bool = True, state_path: Path | None = None,
              fingerprint: str = "") -> tuple[MA2MI, dict[str, float]]:
@@ -119,8 +116,8 @@ def pretrain(index: pd.DataFrame, images: torch.Tensor, model_params: ModelParam
     every rank takes rank 0's BatchNorm statistics, so all hold rank 0's model.
 
     Args:
-        index: ``video, time_s`` per frame, aligned with ``images``.
-        images: ``(N, 3, H, W) uint8`` frames, one per row of ``index``.
+        frames: the ingested macro frames (:class:`pipeline.macro_data.MacroFrames`), read as pairs need them,
+            through ``params.loader.workers`` DataLoader workers (pinned memory on CUDA).
         model_params: the ``model`` section (MA2MI's branches are built as MIACNet's).
         params: the ``pretrain`` section (seed, horizon, held-out videos, epochs, pairs, batch size, optimiser).
         device: this rank's device (``cuda:<LOCAL_RANK>`` under torchrun on GPUs).
@@ -142,9 +139,9 @@ def pretrain(index: pd.DataFrame, images: torch.Tensor, model_params: ModelParam
     """
     world = rank_info()
     share, batch_size = params.pairs_per_epoch // world.world_size, params.batch_size // world.world_size
+    index = frames.index
     heldout = split_heldout(index, params.heldout_videos)
     train_rows, heldout_rows = np.flatnonzero(~heldout), np.flatnonzero(heldout)
-    train_sampler = FuturePairSampler(index.iloc[train_rows], params.horizon_s)
     heldout_sampler = FuturePairSampler(index.iloc[heldout_rows], params.horizon_s)
     rng = np.random.default_rng(params.seed)
     heldout_src, heldout_fut = heldout_sampler.sample(params.heldout_pairs, rng)  # the same on every rank
@@ -152,7 +149,11 @@ def pretrain(index: pd.DataFrame, images: torch.Tensor, model_params: ModelParam
     if world.rank > 0:  # rank 0 goes on with the seed's stream, as a single process does
         rng = np.random.default_rng(rank_seed(params.seed, world.rank))
     shard = slice(world.rank, None, world.world_size)  # this rank's held-out pairs
-    heldout_src, heldout_fut = heldout_src[shard], heldout_fut[shard]
+    heldout_pairs = list(zip(heldout_src[shard].tolist(), heldout_fut[shard].tolist(), strict=True))
+    train_pairs = EpochPairs(index.iloc[train_rows], train_rows, params.horizon_s, world.rank, world.world_size)
+    pin = device.type == "cuda"
+    train_loader = pair_loader(frames, train_pairs, batch_size, params.loader.workers, pin)
+    heldout_loader = pair_loader(frames, _FixedPairs(heldout_pairs), batch_size, params.loader.workers, pin)
 
     model = to_device(MA2MI(model_params), device)  # channels-last on CUDA
     losses = _Losses(model)
@@ -161,13 +162,14 @@ def pretrain(index: pd.DataFrame, images: torch.Tensor, model_params: ModelParam
     generator = torch.Generator().manual_seed(rank_seed(params.seed, world.rank))
 
     def train_batches(epoch: int) -> Iterator[Batch]:
-        src, fut = train_sampler.sample(share, rng)
-        return _pair_batches(images, train_rows[src], train_rows[fut], batch_size, generator)
+        train_pairs.draw(share, rng)
+        train_pairs.shuffle(generator)
+        return _pair_batches(train_loader, generator)
 
     def end_epoch(epoch: int, train: dict[str, float]) -> dict[str, float]:
         broadcast_buffers(model)  # each rank updated BatchNorm statistics from its own batches
-        held = evaluate(losses, _pair_batches(images, heldout_src, heldout_fut, batch_size, None), _step, device)
-        train, held = all_reduce_means(train, share, device), all_reduce_means(held, len(heldout_src), device)
+        held = evaluate(losses, _pair_batches(heldout_loader, None), _step, device)
+        train, held = all_reduce_means(train, share, device), all_reduce_means(held, len(heldout_pairs), device)
         metrics = {**{f"train_{k}": v for k, v in train.items() if k != "loss"},
                    **{f"heldout_{k}": v for k, v in held.items() if k != "loss"}}
         metrics["heldout_recon_over_copy"] = metrics["heldout_recon_loss"] / metrics["heldout_copy_loss"]
@@ -204,26 +206,26 @@ def train_and_save(params: Params, out: Path, device: torch.device,
         The last epoch's metrics (see :func:`pretrain`), the same on every rank.
 
     Raises:
-        FileNotFoundError, ValueError: as :func:`load_macro_frames` and :func:`pretrain`.
+        FileNotFoundError, ValueError: as :class:`pipeline.macro_data.MacroFrames` and :func:`pretrain`.
     """
     world = rank_info()
     seed_everything(rank_seed(params.pretrain.seed, world.rank))
-    index, images = load_macro_frames(params.paths.macro_dir, params.model.image_size_px)
-    logger.info("%d frames from %d videos on %s (rank %d of %d)", len(index), index["video"].nunique(), device,
-                world.rank, world.world_size)
+    frames = MacroFrames(params.paths.macro_dir, params.model.image_size_px, params.pretrain.loader.cache_mb)
+    logger.info("%d frames from %d videos in %d shards on %s (rank %d of %d)", len(frames),
+                frames.index["video"].nunique(), len(frames.shards), device, world.rank, world.world_size)
     fingerprint = training_fingerprint({"model": params.model.model_dump(mode="json"),
-                                        "pretrain": params.pretrain.model_dump(mode="json")},
+                                        "pretrain": params.pretrain.model_dump(mode="json", exclude={"loader"})},
                                        sorted(params.paths.macro_dir.glob("*/frames-*.parquet")))
     run = {"state_path": training_state_path(params), "fingerprint": fingerprint}
     if not world.is_main:
-        return pretrain(index, images, params.model, params.pretrain, device, None, **run)[1]
+        return pretrain(frames, params.model, params.pretrain, device, None, **run)[1]
     with Live(dir=str(out / "dvclive"), save_dvc_exp=False, dvcyaml=None) as live:
         def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
             for key, value in metrics.items():
                 live.log_metric(key, value)
             live.next_step()
 
-        model, metrics = pretrain(index, images, params.model, params.pretrain, device, log_epoch, **run)
+        model, metrics = pretrain(frames, params.model, params.pretrain, device, log_epoch, **run)
     save_checkpoint(out / "encoder.pt", encoder=model.encoder_state_dict(), decoder=model.decoder.state_dict(),
                     model_params=params.model.model_dump(mode="json"), metrics=metrics)
     write_json({k: round(v, 6) for k, v in metrics.items()}, out / "metrics.json")

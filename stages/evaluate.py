@@ -3,7 +3,10 @@
 The logic is :mod:`pipeline.evaluate`. Outputs under ``paths.evaluate_dir``:
 
 - ``metrics.json``: ``<arm>.{accuracy, uf1, uar}`` (means over seeds), ``<arm>.<metric>_std``, ``<arm>.n``
-  (samples per seed), ``ma2mi_minus_scratch.*``, and ``run`` (seeds, git revision, params hash);
+  (samples per seed), ``ma2mi_minus_scratch.*`` (with 95% intervals over seeds), ``label_efficiency.<arm>.<budget>.*``
+  and ``run`` (seeds, git revision, params hash);
+- ``label_efficiency.csv`` (arm, budget, clips per class, seed, scores), ``label_efficiency_uf1.csv`` (mean UF1 per
+  arm and clips per class: a DVC plot) and ``label_efficiency.png`` (mean ± std over seeds, each seed a dot);
 - ``per_seed.csv`` (arm, seed, metrics), ``per_subject.csv`` and ``per_dataset.csv`` (arm, group, metrics
   over all seeds' predictions), ``confusion/<arm>.csv`` (DVC confusion plots), ``confusion.png``,
   ``ablation.png`` (mean ± std bars with each seed's point), ``curves.csv`` / ``curves.png`` (mean training
@@ -17,7 +20,16 @@ from __future__ import annotations
 from prefect.artifacts import create_table_artifact
 
 from pipeline.config import load_params
-from pipeline.evaluate import SCORES, ablation_inputs, evaluate_ablation, run_info, save_figures, summary_rows
+from pipeline.evaluate import (
+    SCORES,
+    ablation_inputs,
+    evaluate_ablation,
+    label_efficiency,
+    run_info,
+    save_figures,
+    save_label_efficiency_figure,
+    summary_rows,
+)
 from pipeline.io import atomic_dir, write_json
 from pipeline.micro_table import read_classes, read_samples
 from pipeline.orchestration import flow, get_run_logger, run_stage
@@ -31,7 +43,11 @@ def evaluate_flow(params_path: str = "params.yaml") -> dict:
     subjects = set(read_samples(params.paths.micro_dir, ["subject"])["subject"])
     predictions, curves = ablation_inputs(params, subjects)
     ablation = evaluate_ablation(predictions, classes)
+    counts = read_samples(params.paths.micro_dir, ["subject", "label"]).groupby(["subject", "label"]).size()
+    efficiency, efficiency_summary = label_efficiency(predictions, classes, float(counts.mean()))
     metrics = {"run": run_info(params), **ablation.metrics}
+    if efficiency_summary:
+        metrics["label_efficiency"] = efficiency_summary
     with atomic_dir(params.paths.evaluate_dir) as out:
         (out / "confusion").mkdir()
         for label, rows in ablation.confusion_rows.items():
@@ -41,6 +57,11 @@ def evaluate_flow(params_path: str = "params.yaml") -> dict:
         ablation.per_subject.to_csv(out / "per_subject.csv", index=False)
         ablation.per_dataset.to_csv(out / "per_dataset.csv", index=False)
         save_figures(out, ablation, curves, classes)
+        efficiency.to_csv(out / "label_efficiency.csv", index=False)
+        (efficiency.pivot_table(index="clips_per_class", columns="arm", values="uf1", aggfunc="mean")
+         .reindex(columns=sorted(set(efficiency["arm"]))).to_csv(out / "label_efficiency_uf1.csv"))
+        if len(efficiency):
+            save_label_efficiency_figure(out, efficiency)
         write_json(metrics, out / "metrics.json")
     rows = summary_rows(metrics)
     create_table_artifact(key="mer-loso-metrics", table=rows,

@@ -22,11 +22,12 @@ from pipeline.arms import ARMS, active_arms
 from pipeline.config import load_params
 from pipeline.distributed import resolve_device
 from pipeline.engine import set_deterministic, training_fingerprint
-from pipeline.finetune import MicroTensors, arm_model, finetune_seed
+from pipeline.finetune import arm_model, finetune_seed
 from pipeline.io import atomic_dir, write_parquet
 from pipeline.loso import loso_fold
+from pipeline.micro_data import MicroTensors
 from pipeline.micro_table import SAMPLES_FILE, read_classes, read_samples
-from pipeline.orchestration import flow, get_run_logger, run_stage
+from pipeline.orchestration import flow, get_run_logger, run_stage, stage_task
 
 
 @flow(name="finetune-fold")
@@ -56,14 +57,24 @@ def finetune_flow(arm: str, fold: int, params_path: str = "params.yaml") -> dict
                                         "arm": arm, "fold": fold,
                                         "recipe": recipe.model_dump(mode="json", exclude={"seeds"})}, inputs)
     state_dir = params.paths.checkpoint_dir / "finetune" / arm / f"fold{fold}"
+    budgets = [None, *params.finetune.label_budgets] if ARMS[arm].label_efficiency else [None]
     with atomic_dir(params.paths.finetune_dir / arm / f"fold{fold}") as out:
-        # a finished seed's state is kept until the stage's outputs are in place: a run killed at a later seed
-        # gets the finished seeds' weights back without training them again
-        tables = [finetune_seed(samples, data, classes, split, arm, params, seed, device, encoder, out,
-                                state_dir / f"seed{seed}.pt", fingerprint) for seed in recipe.seeds]
+        # a finished run's state is kept until the stage's outputs are in place: a stage killed at a later seed
+        # gets the finished runs' weights back without training them again
+        tables = [
+            train_seed.with_options(task_run_name=f"{arm} fold {fold} seed {seed}" + (f" budget {b}" if b else ""))(
+                samples, data, classes, split, arm, params, seed, device, encoder, out,
+                state_dir / (f"seed{seed}.pt" if b is None else f"budget{b}_seed{seed}.pt"), fingerprint, b)
+            for b in budgets for seed in recipe.seeds
+        ]
         write_parquet(pd.concat(tables, ignore_index=True), out / "predictions.parquet")
     shutil.rmtree(state_dir, ignore_errors=True)  # the outputs are in place: nothing left to resume
-    return {"test_subject": split.test_subject, "n": len(split.test_idx), "seeds": list(recipe.seeds)}
+    return {"test_subject": split.test_subject, "n": len(split.test_idx), "seeds": list(recipe.seeds),
+            "label_budgets": [b for b in budgets if b is not None]}
+
+
+# one Prefect task run per training run (seed and label budget), as the UI shows them
+train_seed = stage_task(finetune_seed, name="finetune-seed")
 
 
 def main(argv: list[str] | None = None) -> None:

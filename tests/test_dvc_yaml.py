@@ -27,3 +27,12 @@ def test_baseline_stage_reads_its_model_not_miacnets(repo):
     assert {"finetune.baseline.model", "finetune.baseline.image_size_px", "model.dropout"} <= declared
     assert "model" not in declared  # MIACNet's widths do not shape the baseline
     assert "model" in stages["finetune_ma2mi"]["do"]["params"]
+
+
+def test_pretrain_declares_every_key_but_the_loader(repo):
+    from pipeline.config import PretrainParams
+
+    declared = set(_stages(repo)["pretrain"]["params"])
+    keys = {f"pretrain.{name}" for name in PretrainParams.model_fields} - {"pretrain.loader"}
+    assert keys <= declared, sorted(keys - declared)
+    assert not {"pretrain", "pretrain.loader"} & declared

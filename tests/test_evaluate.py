@@ -13,7 +13,8 @@ SUBJECTS = ["demo/sub01", "demo/sub02", "demo/sub03"]
 CLASSES = ["negative", "positive", "surprise"]
 
 
-def _predictions(seeds=(0, 1, 2), subjects=SUBJECTS, per_subject=4, accuracy_by_seed=None, seed_offset=0):
+def _predictions(seeds=(0, 1, 2), subjects=SUBJECTS, per_subject=4, accuracy_by_seed=None, seed_offset=0,
+                 budget="all"):
     """Every subject's samples predicted once per seed; seed s gets the first ``accuracy_by_seed[s]`` share right."""
     rng = np.random.default_rng(seed_offset)
     rows = []
@@ -23,7 +24,7 @@ def _predictions(seeds=(0, 1, 2), subjects=SUBJECTS, per_subject=4, accuracy_by_
                 label = int(rng.integers(0, 3))
                 right = rng.random() < (accuracy_by_seed or {}).get(seed, 0.7)
                 rows.append({"sample_id": f"{subject}/clip{i}/1", "subject": subject, "source_dataset": "demo",
-                             "seed": seed, "label": label, "label_name": CLASSES[label],
+                             "seed": seed, "label_budget": budget, "label": label, "label_name": CLASSES[label],
                              "predicted": label if right else (label + 1) % 3})
     return pd.DataFrame(rows)
 

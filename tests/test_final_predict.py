@@ -19,10 +19,10 @@ from PIL import Image
 from pipeline.cli import main
 from pipeline.config import ConfigError
 from pipeline.final import check_final_arm, final_seed
-from pipeline.finetune import MicroTensors
 from pipeline.finetune import predict as predict_rows
 from pipeline.ingest_micro import read_image
 from pipeline.io import decode_png
+from pipeline.micro_data import MicroTensors
 from pipeline.predict import load_model
 from tests.conftest import REPO
 from tests.demo_models import LOSO, demo_fixture  # noqa: F401 (the fixture "demo")

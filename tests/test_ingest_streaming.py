@@ -26,7 +26,8 @@ import pytest
 import yaml
 
 from pipeline.config import load_params
-from pipeline.ingest_macro import SourceItem, _frame_plan, _track, decode_crop, ingest_video
+from pipeline.ingest_macro import SourceItem, _frame_plan, _track, ingest_video
+from pipeline.io import decode_jpeg
 from pipeline.macro_cache import ShardWriter, ingest_cached
 from pipeline.video import (
     BoxTracker,
@@ -202,7 +203,7 @@ def test_a_truncated_stream_keeps_its_frames_and_says_where_it_broke(tmp_path, s
     head = whole.index.iloc[: row["n_frames"] - 20].drop(columns="video")
     pd.testing.assert_frame_equal(result.index.iloc[: len(head)].drop(columns="video"), head, check_exact=False,
                                   atol=1e-9)
-    assert decode_crop(result.frames["image"].iloc[0]).shape == (macro_params.image_size_px,) * 2 + (3,)
+    assert decode_jpeg(result.frames["image"].iloc[0]).shape == (macro_params.image_size_px,) * 2 + (3,)
 
 
 def test_unreadable_image_in_a_sequence_is_a_recorded_break(tmp_path, shared_videos, macro_params, detector):
@@ -225,7 +226,7 @@ def test_jpeg_crops_decode_to_near_the_crop(shared_videos, macro_params, detecto
     result = ingest_video(shared_videos / "single_face.mp4", macro_params, detector)
     data = result.frames["image"].iloc[0]
     assert data[:2] == b"\xff\xd8"  # JPEG
-    np.testing.assert_array_equal(decode_crop(data), decode_png(data))  # PIL (pre-training's reader) agrees
+    np.testing.assert_array_equal(decode_jpeg(data), decode_png(data))  # PIL (pre-training's reader) agrees
 
 
 def test_shard_writer_splits_in_order(tmp_path):

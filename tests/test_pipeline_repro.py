@@ -114,3 +114,57 @@ def test_baseline_arm_runs_and_joins_the_ablation(shrunk_project, tmp_path):
     assert metrics["ma2mi"] == json.loads((work / "results" / "evaluate" / "metrics.json").read_text())["ma2mi"]
     predictions = pd.read_parquet(copy / "results" / "finetune" / "baseline" / "fold0" / "predictions.parquet")
     assert set(predictions["model"]) == {"resnet18-diff"} and set(predictions["seed"]) == {0, 1}
+
+
+@pytest.mark.slow
+def test_a_missing_micro_root_is_named_and_the_samples_are_kept(shrunk_project):
+    """A wrong micro.root fails in check_micro, naming the key, before ingest_micro: DVC would otherwise stop with a
+    bare "No such file or directory" after removing data/micro."""
+    work, env = shrunk_project
+    samples = work / "data" / "micro" / "samples.parquet"
+    before = samples.read_bytes()
+    params_path = work / "params.yaml"
+    original = params_path.read_text()
+    raw = yaml.safe_load(original)
+    raw["micro"].update(dataset="casme2", root=str(work / "no" / "CASME2"))
+    params_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    try:
+        result = subprocess.run(["dvc", "repro", "ingest_micro"], cwd=work, env=env, capture_output=True, text=True,
+                                timeout=600)
+    finally:
+        params_path.write_text(original)
+    assert result.returncode != 0
+    assert "micro.root: " in result.stderr and "is not a folder; set micro.root in params.yaml" in result.stderr
+    assert samples.read_bytes() == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module", ["pipeline/ingest_micro.py", "pipeline/micro_table.py", "pipeline/sheets.py"])
+def test_editing_a_module_stales_exactly_the_stages_that_import_it(shrunk_project, module):
+    """A comment added to a module makes `dvc status` list exactly the stages whose command imports it (the static
+    import walk of tests/test_stage_deps.py), nothing more: e.g. the fine-tuning folds do not import ingestion."""
+    from tests.test_stage_deps import _command_module, imported_files
+
+    work, env = shrunk_project
+    stages = yaml.safe_load((work / "dvc.yaml").read_text())["stages"]
+    expected = set()
+    for name, stage in stages.items():
+        if module in imported_files(_command_module(stage)):
+            if "foreach" in stage:  # one DVC stage per item
+                raw = yaml.safe_load((work / "params.yaml").read_text())
+                key = stage["foreach"].strip("${}").split(".")
+                items = raw
+                for part in key:
+                    items = items[part]
+                expected |= {f"{name}@{item}" for item in items}
+            else:
+                expected.add(name)
+    path = work / module
+    original = path.read_text()
+    path.write_text(original + "\n# an edit that changes nothing\n")
+    try:
+        stale = set(json.loads(_run(["dvc", "status", "--json"], work, env).stdout))
+    finally:
+        path.write_text(original)
+    assert expected, f"no stage imports {module}"
+    assert stale == expected

@@ -9,9 +9,10 @@ import torch
 
 from pipeline.config import load_params
 from pipeline.engine import seed_everything
-from pipeline.finetune import MicroTensors, finetune_fold
+from pipeline.finetune import finetune_fold
 from pipeline.io import encode_png
 from pipeline.loso import loso_fold
+from pipeline.micro_data import MicroTensors
 from tests.conftest import shrink
 
 
@@ -73,23 +74,37 @@ def test_state_of_another_configuration_is_not_resumed(setup, tmp_path):
     assert torch.load(state, weights_only=False)["fingerprint"] == "new"
 
 
-def test_pretraining_resume_equals_uninterrupted(tmp_path, raw_params):
+def write_macro_shards(macro_dir, videos=("a", "b"), frames_per_video=12, side=32, fps=10.0, seed=0):
+    """Shards as ingest_macro writes them: ``<macro_dir>/src/frames-<video>-00000.parquet``, random RGB frames."""
+    rng = np.random.default_rng(seed)
+    (macro_dir / "src").mkdir(parents=True, exist_ok=True)
+    for video in videos:
+        images = [encode_png(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)) for _ in range(frames_per_video)]
+        pd.DataFrame({"video": video, "frame_index": np.arange(frames_per_video),
+                      "time_s": np.arange(frames_per_video) / fps, "image": images},
+                     ).to_parquet(macro_dir / "src" / f"frames-{video}-00000.parquet", index=False)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_pretraining_resume_equals_uninterrupted(tmp_path, raw_params, workers):
     import yaml
 
+    from pipeline.macro_data import MacroFrames
     from pipeline.pretrain import pretrain
 
     raw = shrink(raw_params)
     raw["model"]["image_size_px"] = 32
     raw["pretrain"].update(epochs=3, pairs_per_epoch=16, heldout_pairs=8, batch_size=8, heldout_videos=["b"])
+    raw["pretrain"]["loader"]["workers"] = workers
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     params = load_params(tmp_path / "params.yaml")
-    index = pd.DataFrame({"video": np.repeat(["a", "b"], 12), "time_s": np.tile(np.arange(12) / 10.0, 2)})
-    images = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (24, 3, 32, 32), dtype=np.uint8))
+    write_macro_shards(tmp_path / "macro")
+    frames = MacroFrames(tmp_path / "macro", 32)
 
     def run(**kwargs):
         seed_everything(0)
-        model, metrics = pretrain(index, images, params.model, params.pretrain, torch.device("cpu"),
-                                  progress=False, **kwargs)
+        model, metrics = pretrain(frames, params.model, params.pretrain, torch.device("cpu"), progress=False,
+                                  **kwargs)
         return {k: v.clone() for k, v in model.state_dict().items()}, metrics
 
     uninterrupted, metrics = run()

@@ -1,0 +1,57 @@
+"""Checks of ``params.yaml`` that need more than its schema: names from the registries, paths that must exist.
+
+:func:`check_micro` runs as the ``check_micro`` stage, upstream of ``ingest_micro``, so that a wrong
+``micro.root`` is reported by name, with what to set, before DVC needs the path: DVC stops with a bare "No such
+file or directory" when a dependency is missing, after removing the stage's previous outputs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.align import DETECTORS
+from pipeline.config import ConfigError, Params
+from pipeline.datasets import ADAPTERS
+from pipeline.datasets.protocols import check_protocol
+
+__all__ = ["check_micro"]
+
+
+def check_micro(params: Params) -> dict:
+    """Check the ``micro`` section against the registries and the file system.
+
+    Args:
+        params: all params (``micro``; ``paths.demo_micro_dir`` for the demo).
+
+    Returns:
+        What was checked: ``dataset``, ``root`` and ``annotation`` (resolved paths, as text) and ``protocol``.
+
+    Raises:
+        ConfigError: every problem found, each naming the key and what to set: an unknown dataset, protocol or
+            detector; a ``root`` that is not a folder (for the demo it is ``synthesize``'s output and may not exist
+            yet); an ``annotation`` or ``smic_apex`` file that does not exist.
+    """
+    micro = params.micro
+    problems = []
+    if micro.dataset not in ADAPTERS:
+        problems.append(f"micro.dataset: {micro.dataset!r} is not a dataset with an adapter; known: "
+                        f"{', '.join(sorted(ADAPTERS))}")
+    try:
+        check_protocol(micro.protocol)
+    except ConfigError as err:
+        problems.append(str(err))
+    if micro.detector not in DETECTORS:
+        problems.append(f"micro.detector: {micro.detector!r} is not a face detector; known: {', '.join(DETECTORS)}")
+    if micro.dataset != "demo" and not Path(micro.root).is_dir():
+        problems.append(f"micro.root: {micro.root} is not a folder; set micro.root in params.yaml to the "
+                        f"{micro.dataset} dataset's folder as distributed (README, 'Your own data', shows the tree "
+                        "it must contain)")
+    for key in ("annotation", "smic_apex"):
+        path = getattr(micro, key)
+        if path is not None and not Path(path).is_file():
+            problems.append(f"micro.{key}: {path} does not exist; set it to the file, or to null for the dataset's "
+                            "standard one" if key == "annotation" else f"micro.{key}: {path} does not exist")
+    if problems:
+        raise ConfigError("params.yaml: " + "; ".join(problems))
+    return {"dataset": micro.dataset, "root": str(Path(micro.root).resolve()), "protocol": micro.protocol,
+            "annotation": None if micro.annotation is None else str(Path(micro.annotation).resolve())}
