@@ -20,11 +20,14 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE as NO_CACHE
+from prefect.events.worker import EventsWorker
+from prefect.logging.handlers import APILogWorker
 from prefect.settings import PREFECT_API_URL, PREFECT_HOME, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
 
 from pipeline.local_prefect import local_server
 
-__all__ = ["NO_CACHE", "flow", "get_run_logger", "route_library_logs", "run_stage", "stage_task", "task"]
+__all__ = ["NO_CACHE", "drain_to_server", "flow", "get_run_logger", "route_library_logs", "run_stage", "stage_task",
+           "task"]
 
 LIBRARY_LOGGER = "pipeline"
 
@@ -49,6 +52,17 @@ def route_library_logs() -> None:
     library.setLevel(logging.INFO)
 
 
+def drain_to_server(timeout_s: float = 30.0) -> None:
+    """Send the run's pending log records and events to the Prefect API, waiting at most ``timeout_s`` for each.
+
+    Prefect sends them from background services; once the stage's own server is stopped they can no longer be
+    delivered ("Error logging to API"), and the services' exit handlers retried for over a minute after a flow with
+    many task runs. Called before that server stops.
+    """
+    APILogWorker.drain_all(timeout=timeout_s)
+    EventsWorker.drain_all(timeout=timeout_s)
+
+
 def run_stage(stage_flow: Callable[..., Any], **kwargs: Any) -> Any:
     """Run ``stage_flow(**kwargs)`` as a stage's ``main()``.
 
@@ -70,10 +84,13 @@ def run_stage(stage_flow: Callable[..., Any], **kwargs: Any) -> Any:
     route_library_logs()
     updates = {} if "PREFECT_SERVER_ANALYTICS_ENABLED" in os.environ else {PREFECT_SERVER_ANALYTICS_ENABLED: False}
     try:
-        with contextlib.ExitStack() as stack:
-            if not PREFECT_API_URL.value():
+        with contextlib.ExitStack() as stack:  # on exit, in reverse: drain, settings restored, server stopped
+            own_server = not PREFECT_API_URL.value()
+            if own_server:
                 updates[PREFECT_API_URL] = stack.enter_context(local_server(PREFECT_HOME.value()))
             stack.enter_context(temporary_settings(updates=updates))
+            if own_server:
+                stack.callback(drain_to_server)
             return stage_flow(**kwargs)
     except Exception as err:  # report the message, not only Prefect's traceback
         print(f"stage failed: {type(err).__name__}: {err}", file=sys.stderr)
