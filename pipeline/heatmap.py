@@ -97,19 +97,23 @@ def action_attention(model: nn.Module, inputs: Sequence[torch.Tensor]) -> tuple[
     return attention[:, 0].float(), logits.float()
 
 
-def normalise_heatmaps(maps: torch.Tensor, size_px: int) -> np.ndarray:
-    """Resize maps to the crop and scale each to [0, 1] by its maximum.
+def normalise_heatmaps(maps: torch.Tensor, size_px: int, scale: bool = True) -> np.ndarray:
+    """Resize maps to the crop and, with ``scale``, bring each to [0, 1] by its maximum.
 
     Args:
-        maps: ``(B, h, w)`` float, >= 0 (Grad-CAM, attention).
+        maps: ``(B, h, w)`` float, >= 0 (Grad-CAM; or attention, already in [0, 1]).
         size_px: the side S of the aligned face crop the maps cover.
+        scale: divide each map by its maximum (Grad-CAM's units are arbitrary); False keeps the values (the
+            attention's gate values mean something: a uniform 0.9 is "looks everywhere", not "peaks everywhere").
 
     Returns:
-        ``(B, S, S) float32`` in [0, 1] (bilinear, ``align_corners=False``: the map's cells cover the crop); each
-        map divided by its maximum, so 0 stays "no evidence"; a map that is zero everywhere stays zero.
+        ``(B, S, S) float32`` in [0, 1] (bilinear, ``align_corners=False``: the map's cells cover the crop); scaled
+        maps keep 0 as "no evidence"; a map that is zero everywhere stays zero.
     """
     resized = F.interpolate(maps[:, None].float(), size=(size_px, size_px), mode="bilinear", align_corners=False)
-    resized = resized[:, 0].clamp_min(0)  # (B, S, S); bilinear keeps >= 0, the clamp only removes rounding
+    resized = resized[:, 0].clamp(0, None if scale else 1)  # (B, S, S); bilinear keeps the range, up to rounding
+    if not scale:
+        return resized.cpu().numpy()
     peak = resized.amax(dim=(1, 2), keepdim=True)
     return torch.where(peak > 0, resized / peak.clamp_min(1e-12), torch.zeros_like(resized)).cpu().numpy()
 
@@ -126,7 +130,8 @@ def model_heatmaps(model: nn.Module, inputs: Sequence[torch.Tensor], size_px: in
             MIACNet only).
 
     Returns:
-        ``(heatmaps (B, S, S) float32 in [0, 1], probabilities (B, K) float32)``.
+        ``(heatmaps (B, S, S) float32 in [0, 1], probabilities (B, K) float32)``; Grad-CAM maps are scaled to
+        their maximum, attention maps keep their values (:func:`normalise_heatmaps`).
 
     Raises:
         ValueError: an unknown ``method``, or ``attention`` for a model without it.
@@ -137,7 +142,7 @@ def model_heatmaps(model: nn.Module, inputs: Sequence[torch.Tensor], size_px: in
         maps, logits = action_attention(model, inputs)
     else:
         raise ValueError(f"heat-map method {method!r}: known {', '.join(HEATMAP_METHODS)}")
-    return normalise_heatmaps(maps, size_px), torch.softmax(logits.float(), dim=1).cpu().numpy()
+    return normalise_heatmaps(maps, size_px, scale=method == "gradcam"), torch.softmax(logits, dim=1).cpu().numpy()
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.ndarray:

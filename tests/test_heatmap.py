@@ -86,6 +86,10 @@ def test_action_attention_is_miacnets_only():
     attention, logits = action_attention(model, frames)
     assert attention.shape == (1, 2, 2) and float(attention.min()) >= 0 and float(attention.max()) <= 1
     assert logits.shape == (1, 3)
+    heat, _ = model_heatmaps(model, frames, 32, "attention")  # the gate's own values, not scaled to a peak of 1
+    assert heat.shape == (1, 32, 32)
+    assert heat.max() == pytest.approx(float(attention.max()), abs=1e-6)
+    assert heat.min() == pytest.approx(float(attention.min()), abs=1e-6)
     with pytest.raises(ValueError, match="no action attention"):
         action_attention(create_model("ststnet", 3, params), [torch.randn(1, 3, 28, 28)])
     with pytest.raises(ValueError, match="heat-map method"):
