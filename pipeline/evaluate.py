@@ -25,6 +25,7 @@ from pipeline.config import Params
 from pipeline.io import atomic_path
 from pipeline.loso import ALL_LABELS
 from pipeline.metrics import classification_metrics, confusion, per_group_metrics, seed_summary
+from pipeline.summary import arm_entries, format_mean_std
 
 __all__ = ["DIFFERENCE", "SCORES", "Ablation", "ablation_inputs", "check_coverage", "evaluate_ablation",
            "format_score", "label_efficiency", "mean_curve", "read_predictions", "run_info", "save_figures",
@@ -203,8 +204,7 @@ def label_efficiency(predictions: Mapping[str, pd.DataFrame], classes: Sequence[
 
 def format_score(summary: Mapping, score: str) -> str:
     """``'0.6630 ± 0.0160'`` (or ``'0.6630'`` for a single seed) of ``summary[score]``."""
-    std = summary[f"{score}_std"]
-    return f"{summary[score]:.4f}" + (f" ± {std:.4f}" if std is not None else "")
+    return format_mean_std(summary, score, digits=4)
 
 
 def summary_rows(metrics: Mapping) -> list[dict]:
@@ -213,7 +213,7 @@ def summary_rows(metrics: Mapping) -> list[dict]:
     Columns: ``arm``, ``accuracy``, ``uf1``, ``uar`` as ``mean ± std``, ``n``, ``seeds``.
     """
     rows = [{"arm": label, **{s: format_score(summary, s) for s in SCORES}, "n": summary["n"],
-             "seeds": summary["seeds"]} for label, summary in metrics.items() if label not in ("run", DIFFERENCE)]
+             "seeds": summary["seeds"]} for label, summary in arm_entries(metrics).items()]
     rows.append({"arm": "ma2mi − scratch", **{s: format_score(metrics[DIFFERENCE], s) for s in SCORES}, "n": "",
                  "seeds": metrics[DIFFERENCE]["seeds"]})
     return rows

@@ -69,6 +69,9 @@ def test_pooled_scores_per_seed_and_the_difference_paired_by_seed(tmp_path):
     assert ablation.confusions["ma2mi"].sum() == len(ma2mi)
     assert set(ablation.per_subject["subject"]) == set(SUBJECTS)
     assert [row["arm"] for row in summary_rows(ablation.metrics)] == ["ma2mi", "scratch", "ma2mi − scratch"]
+    with_extras = {"run": {"seeds": [0, 1, 2]}, **ablation.metrics,
+                   "label_efficiency": {"ma2mi": {"1": ablation.metrics["ma2mi"]}}}  # as evaluate writes it
+    assert [row["arm"] for row in summary_rows(with_extras)] == ["ma2mi", "scratch", "ma2mi − scratch"]
 
     curves = pd.DataFrame({"ma2mi": [1.0, 0.8], "scratch": [1.1, 0.9]}, index=pd.Index([1, 2], name="epoch"))
     save_figures(tmp_path, ablation, curves, CLASSES)
