@@ -60,6 +60,7 @@ def shrink(raw: dict) -> dict:
     raw["pretrain"].update(epochs=1, pairs_per_epoch=64, heldout_pairs=32, batch_size=16,
                            heldout_videos=["samples/carphone_pristine"])
     raw["finetune"].update(folds=[0, 1, 2])
+    raw["finetune"]["baseline"].update(folds=[0, 1, 2], image_size_px=48)
     raw["finetune"]["recipe"].update(epochs=2, batch_size=4, seeds=[0, 1])
     return raw
 
@@ -69,7 +70,7 @@ GIT_IDENTITY = {"GIT_AUTHOR_NAME": "tests", "GIT_AUTHOR_EMAIL": "tests@localhost
                 "GIT_COMMITTER_EMAIL": "tests@localhost"}
 
 
-def _checked(args: list[str], cwd: Path, env: dict, timeout: int = 900) -> None:
+def _checked(args: list[str], cwd: Path, env: dict, timeout: int = 2700) -> None:
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
 

@@ -18,8 +18,9 @@ def _write(tmp_path, raw):
 
 def test_real_params_load(repo):
     params = load_params(repo / "params.yaml")
-    assert active_arms(params.finetune) == ["ma2mi", "scratch"]  # the baseline arm is off by default (CPU cost)
-    assert len(params.finetune.recipe.seeds) >= 3
+    assert active_arms(params.finetune) == ["ma2mi", "scratch", "baseline"]  # STSTNet: cheap enough for the demo
+    assert arm_label(params.finetune, "baseline") == "ststnet"
+    assert len(params.finetune.recipe.seeds) >= 5
     assert params.synthesize.micro_peak_px[1] <= 2.0
 
 
@@ -73,7 +74,9 @@ def test_baseline_arm_runs_on_the_same_folds(tmp_path, raw_params):
     raw_params["finetune"]["baseline"]["folds"] = list(reversed(raw_params["finetune"]["folds"]))
     params = load_params(_write(tmp_path, raw_params))
     assert active_arms(params.finetune) == ["ma2mi", "scratch", "baseline"]
-    assert arm_label(params.finetune, "baseline") == "mmnet"
+    raw_params["finetune"]["baseline"]["folds"] = []
+    raw_params["final"]["baseline"] = []
+    assert active_arms(load_params(_write(tmp_path, raw_params)).finetune) == ["ma2mi", "scratch"]
 
 
 def test_repeated_seeds_are_an_error(tmp_path, raw_params):
@@ -105,5 +108,6 @@ def test_readme_mmnet_recipe_command_sets_the_reference_recipe(repo, tmp_path):
     assert (r.schedule, r.lr_gamma, r.decay_epochs) == ("exponential", 0.987, 50)
     assert (r.flip, r.rotate_deg, r.translate_px, r.label_smoothing) == (True, 3.0, 15, 0.0)
     assert (f.baseline.model, f.baseline.image_size_px) == ("mmnet", 224)
+    assert params.final.baseline == ["mmnet"]  # final_baseline@<model> trains the arm's own model
     assert active_arms(f) == ["ma2mi", "scratch", "baseline"] and f.baseline.folds == f.folds
     assert params.model.image_size_px == params.micro.image_size_px == params.macro.image_size_px == 224

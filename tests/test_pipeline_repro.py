@@ -57,7 +57,7 @@ def test_repro_produces_metrics_for_both_arms_over_seeds(shrunk_project):
     assert videos.is_file()
     for figure in ("confusion.png", "ablation.png", "curves.png"):
         assert (evaluate / figure).stat().st_size > 0, figure
-    assert {p.name for p in (evaluate / "confusion").iterdir()} == {"ma2mi.csv", "scratch.csv"}
+    assert {p.name for p in (evaluate / "confusion").iterdir()} == {"ma2mi.csv", "scratch.csv", "ststnet.csv"}
     assert (work / "results" / "finetune" / "ma2mi" / "fold0" / "model_seed1.pt").is_file()
     assert not any((work / ".cache" / "checkpoints").rglob("*.pt"))  # resume states are removed on success
 
@@ -82,19 +82,47 @@ def _stale_after_edit(work: Path, env: dict, edit) -> set[str]:
         params_path.write_text(original)
 
 
-@pytest.mark.slow
-def test_finetune_param_edit_stales_only_finetune_and_evaluate(shrunk_project):
-    work, env = shrunk_project
-    stale = _stale_after_edit(work, env, lambda raw: raw["finetune"].update(lr=raw["finetune"]["lr"] * 2))
-    arms = {f"finetune_{arm}@{fold}" for arm in ("ma2mi", "scratch") for fold in (0, 1, 2)}
-    assert stale == arms | {"evaluate"}
+def _stage_names(work: Path, stage: str, body: dict) -> set[str]:
+    """The DVC stage names of a dvc.yaml entry: ``name``, or ``name@item`` for each item of its foreach."""
+    if "foreach" not in body:
+        return {stage}
+    items = yaml.safe_load((work / "params.yaml").read_text())
+    for part in body["foreach"].strip("${}").split("."):
+        items = items[part]
+    return {f"{stage}@{item}" for item in items}
+
+
+def _declaring(work: Path, key: str) -> set[str]:
+    """Every stage that declares the param ``key`` or a section holding it (e.g. ``finetune.recipe``)."""
+    parts = key.split(".")
+    covering = {".".join(parts[: i + 1]) for i in range(len(parts))}
+    names = set()
+    for stage, body in yaml.safe_load((work / "dvc.yaml").read_text())["stages"].items():
+        declared = (body.get("do") or body).get("params", [])
+        if covering & {p if isinstance(p, str) else next(iter(p)) for p in declared}:
+            names |= _stage_names(work, stage, body)
+    return names
 
 
 @pytest.mark.slow
-def test_enabling_the_baseline_arm_reruns_no_miacnet_stage(shrunk_project):
+def test_a_recipe_edit_stales_exactly_the_stages_that_read_the_recipe(shrunk_project):
     work, env = shrunk_project
-    stale = _stale_after_edit(work, env, lambda raw: raw["finetune"]["baseline"].update(folds=[0, 1, 2]))
-    assert stale == {"finetune_baseline@0", "finetune_baseline@1", "finetune_baseline@2", "evaluate"}
+    stale = _stale_after_edit(work, env, lambda raw: raw["finetune"]["recipe"].update(
+        lr=raw["finetune"]["recipe"]["lr"] * 2))
+    arms = {f"finetune_{arm}@{fold}" for arm in ("ma2mi", "scratch", "baseline") for fold in (0, 1, 2)}
+    assert arms | {"evaluate", "final_ma2mi", "final_scratch"} <= stale
+    assert stale == _declaring(work, "finetune.recipe.lr")
+    assert not {"ingest_micro", "pretrain", "probe"} & stale
+
+
+@pytest.mark.slow
+def test_switching_the_baseline_model_reruns_no_miacnet_stage(shrunk_project):
+    work, env = shrunk_project
+    stale = _stale_after_edit(work, env, lambda raw: raw["finetune"]["baseline"].update(model="resnet18-diff"))
+    assert {"finetune_baseline@0", "finetune_baseline@1", "finetune_baseline@2", "evaluate"} <= stale
+    assert stale == _declaring(work, "finetune.baseline.model")
+    assert not any(name.startswith(("finetune_ma2mi", "finetune_scratch", "final_ma2mi", "final_scratch"))
+                   for name in stale)
 
 
 @pytest.mark.slow
@@ -105,15 +133,18 @@ def test_baseline_arm_runs_and_joins_the_ablation(shrunk_project, tmp_path):
     env = {**env, "PREFECT_HOME": str(copy / ".prefect")}
     raw = yaml.safe_load((copy / "params.yaml").read_text())
     raw["finetune"]["baseline"].update(model="resnet18-diff", image_size_px=48, folds=[0, 1, 2])
+    raw["final"]["baseline"] = []  # the final STSTNet model goes with the STSTNet arm
     (copy / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    ran = _run(["dvc", "repro"], copy, env).stdout
-    assert sorted(set(re.findall(r"Running stage '([^']+)'", ran))) == [
-        "evaluate", "finetune_baseline@0", "finetune_baseline@1", "finetune_baseline@2"]
+    ran = set(re.findall(r"Running stage '([^']+)'", _run(["dvc", "repro"], copy, env).stdout))
+    assert {"finetune_baseline@0", "finetune_baseline@1", "finetune_baseline@2", "evaluate"} <= ran
+    assert not any(name.startswith(("finetune_ma2mi", "finetune_scratch", "pretrain", "ingest")) for name in ran)
     metrics = json.loads((copy / "results" / "evaluate" / "metrics.json").read_text())
     assert metrics["resnet18-diff"]["n"] == 9 and metrics["resnet18-diff"]["seeds"] == 2
     assert metrics["ma2mi"] == json.loads((work / "results" / "evaluate" / "metrics.json").read_text())["ma2mi"]
     predictions = pd.read_parquet(copy / "results" / "finetune" / "baseline" / "fold0" / "predictions.parquet")
     assert set(predictions["model"]) == {"resnet18-diff"} and set(predictions["seed"]) == {0, 1}
+    final = copy / "models" / "final" / "ma2mi.pt"  # only its card's LOSO metrics changed: the weights are restored
+    assert final.read_bytes() == (work / "models" / "final" / "ma2mi.pt").read_bytes()
 
 
 @pytest.mark.slow
