@@ -125,7 +125,7 @@ def test_mmnet_reset_classifier() -> None:
 
 def test_mmnet_takes_224_px_only(default_params: ModelParams) -> None:
     assert default_params.image_size_px != 224  # the pipeline default, which MMNet must refuse loudly
-    with pytest.raises(ValueError, match=r"224 px frames only.*image_size_px=112"):
+    with pytest.raises(ValueError, match=r"224 px frames only.*image_size_px=64"):
         create_model("mmnet", num_classes=5, params=default_params)
     model = MMNet(num_classes=5)
     with pytest.raises(ValueError, match="must be \\(B, 3, 224, 224\\), got \\(2, 3, 112, 112\\)"):

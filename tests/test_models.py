@@ -119,7 +119,8 @@ def test_miacnet_default_params(default_params: ModelParams) -> None:
     model = MIACNet(default_params, num_classes=3).eval()
     size = default_params.image_size_px
     onset, apex = frame_pair(2, size)
-    assert model.forward_features(onset, apex).shape == (2, default_params.position_channels[-1], 7, 7)
+    side = size // 16  # total stride 16
+    assert model.forward_features(onset, apex).shape == (2, default_params.position_channels[-1], side, side)
     logits = model(onset, apex)
     assert logits.shape == (2, 3) and logits.dtype == torch.float32 and torch.isfinite(logits).all()
 
