@@ -56,13 +56,25 @@ def summary_markdown(metrics: Mapping, localisation: Mapping | None = None) -> s
     if DIFFERENCE in metrics:
         difference = metrics[DIFFERENCE]
         lines.append("| ma2mi − scratch (paired by seed) | "
-                     + " | ".join(format_mean_std(difference, s, signed=True) for s in SCORES)
+                     + " | ".join(format_mean_std(difference, s, signed=True) + _interval(difference, s)
+                                  for s in SCORES)
                      + f" |  | {difference.get('seeds', '')} |")
-    lines += ["", "Pooled LOSO scores, mean ± sample std over seeds "
+    lines += ["", "Pooled LOSO scores, mean ± sample std over seeds, [95% t-interval of the mean difference] "
               f"(git {str(run.get('git_revision', '?'))[:10]}, params {run.get('params_hash', '?')})."]
+    efficiency = metrics.get("label_efficiency", {}).get(DIFFERENCE, {})
+    for budget, entry in efficiency.items():
+        if budget != "all":
+            lines += ["", f"With {budget} training clip(s) per class and subject, ma2mi − scratch UF1: "
+                          f"{format_mean_std(entry, 'uf1', signed=True)}{_interval(entry, 'uf1')}."]
     if localisation is not None:
         lines += ["", *_localisation_lines(localisation)]
     return "\n".join(lines) + "\n"
+
+
+def _interval(entry: Mapping, key: str) -> str:
+    """`` [low, high]`` of ``entry[key + '_ci95']``, or nothing where there is none (a single seed)."""
+    interval = entry.get(f"{key}_ci95")
+    return "" if interval is None else f" [{interval[0]:+.3f}, {interval[1]:+.3f}]"
 
 
 def localisation_rows(localisation: Mapping) -> list[tuple[str, Mapping]]:

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from pipeline.report import ReportInputs, build_report
-from pipeline.summary import summary_markdown
+from pipeline.summary import SCORES, summary_markdown
 
 _DATA_IMAGE = re.compile(r"data:image/(png|jpeg|gif|webp);base64,([A-Za-z0-9+/=]+)")
 
@@ -120,6 +120,14 @@ def test_summary_markdown_lists_arms_difference_and_localisation():
     assert "| ma2mi | 0.650 ± 0.071 | 0.600 ± 0.071 | 0.650 ± 0.071 | 9 | 2 |" in lines
     assert any(line.startswith("| ma2mi − scratch (paired by seed) | +0.200 ± 0.000") for line in lines)
     assert "| chance | 0.120 | 0.120 |" in lines
+    with_intervals = {**inputs.metrics, "ma2mi_minus_scratch": {**inputs.metrics["ma2mi_minus_scratch"],
+                                                                **{f"{s}_ci95": [0.1, 0.3] for s in SCORES}},
+                      "label_efficiency": {"ma2mi_minus_scratch": {"1": {"uf1": 0.25, "uf1_std": 0.02,
+                                                                          "uf1_ci95": [0.2, 0.3]}}}}
+    text = summary_markdown(with_intervals)
+    assert "| ma2mi − scratch (paired by seed) | +0.200 ± 0.000 [+0.100, +0.300] |" in text
+    assert "With 1 training clip(s) per class and subject, ma2mi − scratch UF1: +0.250 ± 0.020 [+0.200, +0.300]." \
+        in text
     no_truth = summary_markdown(inputs.metrics, {"ground_truth": False, "note": "no masks"})
     assert no_truth.rstrip().endswith("Heat-map localisation: no masks")
     json.dumps(text)  # plain text
