@@ -27,15 +27,14 @@ def _run(args: list[str], cwd: Path, env: dict, timeout: int = 900) -> subproces
 def test_final_models_have_cards_with_their_loso_metrics(shrunk_project):
     work, _ = shrunk_project
     metrics = json.loads((work / "results" / "evaluate" / "metrics.json").read_text())
-    for arm in ("ma2mi", "scratch"):
+    for arm, label in (("ma2mi", "ma2mi"), ("scratch", "scratch"), ("baseline", "ststnet")):  # final.baseline
         card = json.loads((work / "models" / "final" / f"{arm}.json").read_text())
-        assert card["format"] == "ma2mi-model-card" and card["arm"] == arm
-        assert card["loso"] == metrics[arm] and card["run"] == metrics["run"]
+        assert card["format"] == "ma2mi-model-card" and card["arm"] == arm and card["label"] == label
+        assert card["loso"] == metrics[label] and card["run"] == metrics["run"]
         assert card["trained_on"]["samples"] == 9 and len(card["trained_on"]["subjects"]) == 3
         assert card["seed"] == 0 and card["recipe"]["epochs"] == 2 and len(card["training_curve"]) == 2
         assert card["preprocessing"]["image_size_px"] == 48 and card["input"]["model_size_px"] == 48
         assert (work / "models" / "final" / card["weights"]).is_file()
-    assert not (work / "models" / "final" / "baseline.json").exists()  # final.baseline: []
 
 
 @pytest.mark.slow
@@ -45,12 +44,12 @@ def test_attention_scores_every_held_out_clip_and_dvc_shows_them(shrunk_project)
     assert attention["ground_truth"] is True and attention["method"] == "gradcam"
     chance = attention["chance"]["mass_in_region"]
     assert 0 < chance < 1 and attention["chance"]["clips"] == 9
-    for arm in ("ma2mi", "scratch"):
+    for arm in ("ma2mi", "scratch", "ststnet"):
         assert 0 <= attention[arm]["mass_in_region"] <= 1 and 0 <= attention[arm]["pointing_hit_rate"] <= 1
         assert attention[arm]["seeds"] == 2 and attention[arm]["clips"] == 9
     assert "mass_in_region" in attention["ma2mi_minus_scratch"]
     per_clip = pd.read_csv(work / "results" / "attention" / "per_clip.csv")
-    assert len(per_clip) == 2 * 2 * 9 and set(per_clip["fold"]) == {0, 1, 2}
+    assert len(per_clip) == 3 * 2 * 9 and set(per_clip["fold"]) == {0, 1, 2}  # arms x seeds x clips
     with Image.open(work / "results" / "attention" / "examples.png") as image:
         image.verify()
     shown = _run(["dvc", "metrics", "show"], work, env).stdout
@@ -101,5 +100,5 @@ def test_each_deliverable_stage_reads_only_its_own_params(shrunk_project):
     assert _stale_after(work, env, lambda raw: raw["report"].update(pretrain_examples=2)) == {"report"}
     assert _stale_after(work, env, lambda raw: raw["attention"].update(examples_per_class=1)) == {"attention"}
     assert _stale_after(work, env, lambda raw: raw["final"].update(dir="models/other")) == {
-        "final_ma2mi", "final_scratch", "report"}
+        "final_ma2mi", "final_scratch", "final_baseline@ststnet", "report"}
     assert _stale_after(work, env, lambda raw: raw["final"].update(cache_dir=".cache/elsewhere")) == set()

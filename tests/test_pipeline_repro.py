@@ -41,6 +41,8 @@ def test_repro_produces_metrics_for_both_arms_over_seeds(shrunk_project):
         # recomputed from the fold stages' predictions, independently of the evaluate stage
         predictions = pd.concat(pd.read_parquet(path) for path in (work / "results" / "finetune" / arm).glob(
             "fold*/predictions.parquet"))
+        assert set(predictions["label_budget"]) == {"all", "1"}  # finetune.label_budgets: [1]
+        predictions = predictions[predictions["label_budget"] == "all"]  # the ablation's own runs
         assert sorted(predictions["seed"].unique()) == [0, 1]
         for seed, part in predictions.groupby("seed"):
             assert len(part) == 9 and part["sample_id"].is_unique
