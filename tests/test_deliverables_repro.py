@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 from PIL import Image
 
+from tests.test_pipeline_repro import _stale_after_edit
 from tests.test_report import assert_self_contained
 
 
@@ -82,23 +82,11 @@ def test_predict_with_the_projects_final_model_on_a_demo_clip(shrunk_project, tm
     assert Path(output["heatmap_png"]).is_file()
 
 
-def _stale_after(work: Path, env: dict, edit) -> set[str]:
-    params_path = work / "params.yaml"
-    original = params_path.read_text()
-    raw = yaml.safe_load(original)
-    edit(raw)
-    params_path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    try:
-        return set(json.loads(_run(["dvc", "status", "--json"], work, env).stdout))
-    finally:
-        params_path.write_text(original)
-
-
 @pytest.mark.slow
 def test_each_deliverable_stage_reads_only_its_own_params(shrunk_project):
     work, env = shrunk_project
-    assert _stale_after(work, env, lambda raw: raw["report"].update(pretrain_examples=2)) == {"report"}
-    assert _stale_after(work, env, lambda raw: raw["attention"].update(examples_per_class=1)) == {"attention"}
-    assert _stale_after(work, env, lambda raw: raw["final"].update(dir="models/other")) == {
+    assert _stale_after_edit(work, env, lambda raw: raw["report"].update(pretrain_examples=2)) == {"report"}
+    assert _stale_after_edit(work, env, lambda raw: raw["attention"].update(examples_per_class=1)) == {"attention"}
+    assert _stale_after_edit(work, env, lambda raw: raw["final"].update(dir="models/other")) == {
         "final_ma2mi", "final_scratch", "final_baseline@ststnet", "report"}
-    assert _stale_after(work, env, lambda raw: raw["final"].update(cache_dir=".cache/elsewhere")) == set()
+    assert _stale_after_edit(work, env, lambda raw: raw["final"].update(cache_dir=".cache/elsewhere")) == set()
