@@ -24,7 +24,7 @@ def check_micro(params: Params) -> dict:
         params: all params (``micro``; ``paths.demo_micro_dir`` for the demo).
 
     Returns:
-        What was checked: ``dataset``, ``root`` and ``annotation`` (resolved paths, as text) and ``protocol``.
+        What was checked: ``dataset``, ``root`` and ``annotation`` (paths as params.yaml gives them) and ``protocol``.
 
     Raises:
         ConfigError: every problem found, each naming the key and what to set: an unknown dataset, protocol or
@@ -53,5 +53,7 @@ def check_micro(params: Params) -> dict:
                             "standard one" if key == "annotation" else f"micro.{key}: {path} does not exist")
     if problems:
         raise ConfigError("params.yaml: " + "; ".join(problems))
-    return {"dataset": micro.dataset, "root": str(Path(micro.root).resolve()), "protocol": micro.protocol,
-            "annotation": None if micro.annotation is None else str(Path(micro.annotation).resolve())}
+    # the paths as params.yaml gives them, not resolved: the record (a DVC dependency of ingest_micro) must be the
+    # same in every checkout of the project, or a clone elsewhere (a scale-out worker) would see ingest_micro stale
+    return {"dataset": micro.dataset, "root": str(micro.root), "protocol": micro.protocol,
+            "annotation": None if micro.annotation is None else str(micro.annotation)}

@@ -38,3 +38,14 @@ def test_the_demo_root_may_not_exist_yet(tmp_path, raw_params):
     """The demo's root is the synthesize stage's output: it is checked by that stage, not here."""
     checked = check_micro(_params(tmp_path, raw_params))
     assert checked["dataset"] == "demo"
+
+
+def test_the_record_is_the_same_in_every_checkout(tmp_path, raw_params, monkeypatch):
+    """check_micro's record is a DVC dependency of ingest_micro: a clone in another folder must write the same."""
+    params = _params(tmp_path, raw_params)
+    records = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        monkeypatch.chdir(tmp_path / name)
+        records.append(check_micro(params))
+    assert records[0] == records[1] and records[0]["root"] == str(params.micro.root)
