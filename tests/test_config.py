@@ -85,9 +85,8 @@ def test_repeated_seeds_are_an_error(tmp_path, raw_params):
         load_params(_write(tmp_path, raw_params))
 
 
-def test_readme_mmnet_recipe_command_sets_the_reference_recipe(repo, tmp_path):
-    """The README's `dvc exp run -S ...` command, applied by DVC's own override parser, gives valid params with
-    MMNet's published recipe (DESIGN §5) for every arm, at 224 px."""
+def _readme_experiment(repo, tmp_path, name: str):
+    """The params that README's `dvc exp run -n <name> -S ...` command gives, applied by DVC's own override parser."""
     import re
     import shlex
     import shutil
@@ -95,14 +94,20 @@ def test_readme_mmnet_recipe_command_sets_the_reference_recipe(repo, tmp_path):
     from dvc.utils.hydra import apply_overrides
 
     readme = (repo / "README.md").read_text()
-    command = re.search(r"^dvc exp run -n mmnet-recipe(?:.*\\\n)*.*$", readme, re.M)  # with its continued lines
-    assert command, "README: the mmnet-recipe command is missing"
+    command = re.search(rf"^dvc exp run -n {name}(?:.*\\\n)*.*$", readme, re.M)  # with its continued lines
+    assert command, f"README: the {name} command is missing"
     tokens = shlex.split(command.group(0).replace("\\\n", " "))
     overrides = [tokens[i + 1] for i, token in enumerate(tokens) if token == "-S"]
     path = tmp_path / "params.yaml"
     shutil.copy(repo / "params.yaml", path)
     apply_overrides(path, overrides)
-    params = load_params(path)
+    return load_params(path)
+
+
+def test_readme_mmnet_recipe_command_sets_the_reference_recipe(repo, tmp_path):
+    """The README's `dvc exp run -S ...` command gives valid params with MMNet's published recipe (DESIGN §5) for
+    every arm, at 224 px."""
+    params = _readme_experiment(repo, tmp_path, "mmnet-recipe")
     f, r = params.finetune, params.finetune.recipe
     assert (r.epochs, r.batch_size, r.lr, r.weight_decay) == (74, 32, 8e-4, 0.6)
     assert (r.schedule, r.lr_gamma, r.decay_epochs) == ("exponential", 0.987, 50)
@@ -111,3 +116,12 @@ def test_readme_mmnet_recipe_command_sets_the_reference_recipe(repo, tmp_path):
     assert params.final.baseline == ["mmnet"]  # final_baseline@<model> trains the arm's own model
     assert active_arms(f) == ["ma2mi", "scratch", "baseline"] and f.baseline.folds == f.folds
     assert params.model.image_size_px == params.micro.image_size_px == params.macro.image_size_px == 224
+
+
+def test_readme_ststnet_recipe_command_sets_the_reference_recipe(repo, tmp_path):
+    """STSTNet's reference recipe (christy1206/STSTNet main.py: Adam, constant lr 5e-5, batch 256, 800 epochs, no
+    augmentation) as README's experiment: AdamW without weight decay, an exponential schedule with gamma 1."""
+    r = _readme_experiment(repo, tmp_path, "ststnet-recipe").finetune.recipe
+    assert (r.epochs, r.batch_size, r.lr, r.weight_decay) == (800, 256, 5e-5, 0.0)
+    assert (r.schedule, r.lr_gamma) == ("exponential", 1.0)
+    assert (r.flip, r.rotate_deg, r.translate_px, r.label_smoothing) == (False, 0.0, 0, 0.0)
