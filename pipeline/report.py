@@ -181,6 +181,14 @@ def _count(value: object) -> str:
     return f"{value:,}" if isinstance(value, int) else "?"
 
 
+def _flow_note(card: Mapping) -> str:
+    """The card's optical flow setting, saying so when ingestion computed a flow the model does not read."""
+    flow = str(card["preprocessing"].get("optical_flow", ""))
+    if flow in ("", "none") or "flow" in card["input"]["names"]:
+        return flow
+    return f"{flow} (computed by ingestion; not an input of this model)"
+
+
 def _cards(cards: list[Mapping]) -> str:
     if not cards:
         return "<p class=note>No final model was trained.</p>"
@@ -193,7 +201,7 @@ def _cards(cards: list[Mapping]) -> str:
             "inputs": f"{', '.join(card['input']['names'])} at {card['input']['model_size_px']} px "
                       f"(aligned crops of {card['input']['crop_size_px']} px)",
             "alignment": card["preprocessing"].get("alignment", ""),
-            "optical flow": card["preprocessing"].get("optical_flow", ""),
+            "optical flow": _flow_note(card),
             "trained on": f"{card['trained_on']['samples']} clips of {len(card['trained_on']['subjects'])} subjects "
                           f"({card['trained_on']['dataset']}), seed {card['seed']}, {card['recipe']['epochs']} epochs",
             "LOSO": ", ".join(f"{SCORE_NAMES[s]} {format_mean_std(loso, s)}" for s in SCORES if s in loso),

@@ -131,3 +131,12 @@ def test_summary_markdown_lists_arms_difference_and_localisation():
     no_truth = summary_markdown(inputs.metrics, {"ground_truth": False, "note": "no masks"})
     assert no_truth.rstrip().endswith("Heat-map localisation: no masks")
     json.dumps(text)  # plain text
+
+
+def test_a_card_says_when_the_model_does_not_read_the_stored_flow():
+    from pipeline.report import _flow_note
+
+    card = {"preprocessing": {"optical_flow": "tvl1"}, "input": {"names": ["onset", "apex"]}}
+    assert _flow_note(card) == "tvl1 (computed by ingestion; not an input of this model)"
+    assert _flow_note({**card, "input": {"names": ["flow"]}}) == "tvl1"
+    assert _flow_note({**card, "preprocessing": {"optical_flow": "none"}}) == "none"
