@@ -346,6 +346,15 @@ class Params(_Section):
                 f"micro.root is {self.micro.root} but micro.dataset is 'demo', whose root is "
                 f"paths.demo_micro_dir = {self.paths.demo_micro_dir}"
             )
+        # checked here too (pipeline.final.check_final_arm checks again when the stage runs), so that a
+        # `dvc exp run` that switches the baseline model fails at once, not after hours of fold training
+        baseline = self.finetune.baseline
+        if self.final.baseline and (not baseline.folds or self.final.baseline != [baseline.model]):
+            raise ValueError(
+                f"final.baseline is {self.final.baseline}: it must be [] or [{baseline.model}] "
+                f"(finetune.baseline.model), with the baseline arm on (finetune.baseline.folds not []): "
+                "the final model goes with the arm's LOSO evaluation"
+            )
         return self
 
 

@@ -125,3 +125,14 @@ def test_readme_ststnet_recipe_command_sets_the_reference_recipe(repo, tmp_path)
     assert (r.epochs, r.batch_size, r.lr, r.weight_decay) == (800, 256, 5e-5, 0.0)
     assert (r.schedule, r.lr_gamma) == ("exponential", 1.0)
     assert (r.flip, r.rotate_deg, r.translate_px, r.label_smoothing) == (False, 0.0, 0, 0.0)
+
+
+def test_a_final_baseline_that_is_not_the_baseline_arm_is_refused_at_load(tmp_path, raw_params):
+    raw_params["finetune"]["baseline"]["model"] = "resnet18-diff"  # final.baseline still [ststnet]
+    with pytest.raises(ConfigError, match=r"final.baseline is \['ststnet'\]: it must be \[\] or \[resnet18-diff\]"):
+        load_params(_write(tmp_path, raw_params))
+    raw_params["final"]["baseline"] = ["resnet18-diff"]
+    assert load_params(_write(tmp_path, raw_params)).final.baseline == ["resnet18-diff"]
+    raw_params["finetune"]["baseline"]["folds"] = []  # the arm off
+    with pytest.raises(ConfigError, match=r"with the baseline arm on"):
+        load_params(_write(tmp_path, raw_params))
