@@ -3,8 +3,9 @@
 A *step function* ``step(model, batch) -> (loss, metrics)`` adapts the engine to a task: ``loss`` is a scalar
 tensor to minimise, ``metrics`` a dict of floats averaged over the epoch (weighted by batch size).
 
-:func:`fit` runs the epochs and, after each, saves the full training state, so a killed run resumes exactly
-where it stopped: weights, optimizer, scheduler, the finished epoch, the per-epoch history and every random
+:func:`fit` runs the epochs and saves the full training state after an epoch (every epoch, or the first epoch
+ending ``save_every_s`` after the last save, and always the last), so a killed run resumes exactly where that
+state stopped: weights, optimizer, scheduler, the finished epoch, the per-epoch history and every random
 stream of every rank (Python, NumPy, torch CPU and CUDA, plus the caller's named generators: batch order, pair
 sampling). In a process group of several ranks (``torchrun``, :mod:`pipeline.distributed`) rank 0 writes the
 state with every rank's streams, and each rank resumes its own.
@@ -16,6 +17,7 @@ import json
 import logging
 import os
 import random
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -33,6 +35,7 @@ __all__ = [
     "Batch",
     "RandomStream",
     "StepFn",
+    "adamw",
     "evaluate",
     "fit",
     "save_checkpoint",
@@ -164,6 +167,16 @@ def set_deterministic(enabled: bool) -> None:
     torch.backends.cudnn.benchmark = not enabled
 
 
+def adamw(param_groups: Iterable, **kwargs: Any) -> torch.optim.AdamW:
+    """``torch.optim.AdamW`` with the fused implementation (one kernel for every parameter).
+
+    The default for-each-parameter loop cost 6 of 66 s of a demo fine-tuning stage on 2 CPU cores (the model has
+    ~200 small tensors); fused AdamW runs on CPU and CUDA since torch 2.4 and computes the same update.
+    ``kwargs`` go to ``torch.optim.AdamW`` (``lr``, ``weight_decay``).
+    """
+    return torch.optim.AdamW(param_groups, fused=True, **kwargs)
+
+
 def training_fingerprint(sections: dict[str, Any], inputs: list[Path]) -> str:
     """Identify the run a training state belongs to.
 
@@ -230,12 +243,19 @@ def _resume_state(path: Path, fingerprint: str, model: nn.Module, optimizer: tor
     return state["epoch"] + 1, list(state["history"])
 
 
+def _save_due(last_epoch: bool, last_save: float, save_every_s: float) -> bool:
+    """Whether the state is saved after this epoch (rank 0 decides: the save is a collective)."""
+    due = last_epoch or save_every_s <= 0 or time.monotonic() - last_save >= save_every_s
+    return all_gather_objects(due)[0]
+
+
 def fit(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, epochs: int,
         train_batches: Callable[[int], Iterable[Batch]], step: StepFn, device: torch.device, *,
         trained: nn.Module | None = None,
         end_epoch: Callable[[int, dict[str, float]], dict[str, float]] | None = None,
         streams: Mapping[str, RandomStream] | None = None, state_path: Path | None = None,
-        fingerprint: str = "", on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+        fingerprint: str = "", save_every_s: float = 0.0,
+        on_epoch: Callable[[int, dict[str, float]], None] | None = None,
         desc: str = "train", progress: bool = True) -> list[dict[str, float]]:
     """Train for ``epochs`` epochs (the last is kept: no epoch is selected), resuming a matching saved state.
 
@@ -257,10 +277,14 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, epoc
         end_epoch: see above; collective operations are allowed (every rank calls it).
         streams: the caller's random generators (``torch.Generator`` or ``numpy.random.Generator``), by name;
             saved and restored with the global ones (Python, NumPy, torch CPU and CUDA).
-        state_path: where the training state is written after every epoch (rank 0); when it exists with the
-            same ``fingerprint``, training resumes after its last epoch and ends exactly as an uninterrupted
+        state_path: where the training state is written (rank 0); when it exists with the same
+            ``fingerprint``, training resumes after its last saved epoch and ends exactly as an uninterrupted
             run would (a finished run gives its final weights back without training). None: no saving.
         fingerprint: identifies the configuration (see :func:`training_fingerprint`).
+        save_every_s: 0 saves the state after every epoch; more saves it after the first epoch that ends at
+            least this many seconds after the previous save (or the start), and after the last epoch, so a
+            killed run loses at most about this much training. Short epochs then do not pay a save each (50 ms
+            per save: 19% of a demo fine-tuning run saved every epoch). Rank 0's clock decides for every rank.
         on_epoch: called with ``(epoch, metrics)`` after each epoch; after a resume, first for every epoch
             already finished, so logged curves are whole. Under DDP, pass it on rank 0 only.
         desc: names the run in progress bars and log lines.
@@ -280,6 +304,7 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, epoc
     for epoch, metrics in enumerate(history):
         if on_epoch is not None:
             on_epoch(epoch, metrics)
+    last_save = time.monotonic()
     for epoch in range(first_epoch, epochs):
         batches = train_batches(epoch)
         metrics = train_one_epoch(trained if trained is not None else model, batches, step, optimizer, device,
@@ -288,8 +313,9 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, epoc
         if end_epoch is not None:
             metrics = end_epoch(epoch, metrics)
         history.append(metrics)
-        if state_path is not None:
+        if state_path is not None and _save_due(epoch == epochs - 1, last_save, save_every_s):
             _save_state(state_path, fingerprint, epoch, model, optimizer, scheduler, history, streams, device)
+            last_save = time.monotonic()
         log.info("%s epoch %d/%d: %s", desc, epoch + 1, epochs, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         if on_epoch is not None:
             on_epoch(epoch, metrics)

@@ -22,15 +22,17 @@ from torch import nn
 from pipeline.arms import ARMS
 from pipeline.config import ConfigError, ModelParams, Params, RecipeParams
 from pipeline.data import PairAugmentation
-from pipeline.engine import Batch, fit, save_checkpoint, seed_everything, to_device
+from pipeline.engine import Batch, adamw, fit, save_checkpoint, seed_everything, to_device
 from pipeline.loso import ALL_LABELS, LosoFold, label_budget
 from pipeline.micro_data import MicroTensors
 from pipeline.models.registry import MODELS, create_model, input_names
 
-__all__ = ["PREDICTION_COLUMNS", "arm_model", "finetune_fold", "finetune_seed", "lr_scheduler",
+__all__ = ["PREDICTION_COLUMNS", "SAVE_EVERY_S", "arm_model", "finetune_fold", "finetune_seed", "lr_scheduler",
            "model_inputs", "predict"]
 
 log = logging.getLogger(__name__)
+
+SAVE_EVERY_S = 30.0  # a fine-tuning run's state is saved at most this often (and at its end): see engine.fit
 
 PREDICTION_COLUMNS = ["sample_id", "dataset", "source_dataset", "subject", "clip", "label", "label_name"]
 
@@ -103,7 +105,8 @@ def lr_scheduler(optimizer: torch.optim.Optimizer, params: RecipeParams) -> torc
 def finetune_fold(data: MicroTensors, fold: LosoFold, num_classes: int, model_name: str, model_params: ModelParams,
                   params: RecipeParams, seed: int, device: torch.device, encoder_state: dict | None,
                   on_epoch: Callable[[int, dict[str, float]], None] | None = None, progress: bool = True,
-                  state_path: Path | None = None, fingerprint: str = "") -> nn.Module:
+                  state_path: Path | None = None, fingerprint: str = "",
+                  save_every_s: float = SAVE_EVERY_S) -> nn.Module:
     """Train the classifier ``model_name`` on ``fold.train_idx`` for exactly ``params.epochs`` epochs.
 
     Args:
@@ -125,6 +128,8 @@ def finetune_fold(data: MicroTensors, fold: LosoFold, num_classes: int, model_na
             and ends exactly as an uninterrupted run would (a finished run's state gives its final weights back
             without training). None: no saving, no resuming.
         fingerprint: see ``state_path``.
+        save_every_s: the state is saved after the first epoch ending this long after the previous save, and
+            after the last epoch (0: every epoch; :func:`pipeline.engine.fit`).
 
     Returns:
         The trained model (eval mode).
@@ -134,12 +139,12 @@ def finetune_fold(data: MicroTensors, fold: LosoFold, num_classes: int, model_na
     if encoder_state is not None:
         model.load_encoder_state_dict(encoder_state)
     model = to_device(model, device)
-    optimizer = torch.optim.AdamW(_param_groups(model, params, encoder_state is not None),
-                                  weight_decay=params.weight_decay)
+    optimizer = adamw(_param_groups(model, params, encoder_state is not None), weight_decay=params.weight_decay)
     scheduler = lr_scheduler(optimizer, params)
     augment = PairAugmentation(params.flip, params.rotate_deg, params.translate_px)
     generator = torch.Generator().manual_seed(seed)
     flow_size_px = getattr(model, "flow_size_px", None)
+    with_flow = "flow" in input_names(model)
 
     def step(net: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         logits = net(*model_inputs(net, batch))
@@ -147,9 +152,10 @@ def finetune_fold(data: MicroTensors, fold: LosoFold, num_classes: int, model_na
         return loss, {"accuracy": (logits.argmax(1) == batch["label"]).float().mean().item()}
 
     fit(model, optimizer, scheduler, params.epochs,
-        lambda epoch: data.batches(fold.train_idx, params.batch_size, generator, augment, flow_size_px), step, device,
-        streams={"batches": generator}, state_path=state_path, fingerprint=fingerprint, on_epoch=on_epoch,
-        desc=f"fold {fold.index} ({fold.test_subject}) {model_name} seed {seed}", progress=progress)
+        lambda epoch: data.batches(fold.train_idx, params.batch_size, generator, augment, flow_size_px, with_flow),
+        step, device, streams={"batches": generator}, state_path=state_path, fingerprint=fingerprint,
+        save_every_s=save_every_s, on_epoch=on_epoch, progress=progress,
+        desc=f"fold {fold.index} ({fold.test_subject}) {model_name} seed {seed}")
     return model.eval()
 
 
@@ -161,7 +167,8 @@ def predict(model: nn.Module, data: MicroTensors, rows: np.ndarray, device: torc
     flow_size_px = getattr(model, "flow_size_px", None)
     probabilities = [
         torch.softmax(model(*[x.to(device) for x in model_inputs(model, b)]).float(), dim=1).cpu()
-        for b in data.batches(rows, batch_size, None, flow_size_px=flow_size_px)
+        for b in data.batches(rows, batch_size, None, flow_size_px=flow_size_px,
+                              with_flow="flow" in input_names(model))
     ]
     probs = torch.cat(probabilities).numpy()
     return probs.argmax(1), probs

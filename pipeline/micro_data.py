@@ -36,18 +36,19 @@ class MicroTensors:
 
     def batches(self, rows: np.ndarray, batch_size: int, generator: torch.Generator | None,
                 augment: PairAugmentation | None = None,
-                flow_size_px: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
+                flow_size_px: int | None = None, with_flow: bool = True) -> Iterator[dict[str, torch.Tensor]]:
         """Batches of the samples at ``rows``, shuffled by ``generator`` (in order when None).
 
         Each batch: ``onset``, ``apex``: ``(B, 3, S, S) float32`` ImageNet-normalised; ``flow`` (when present):
         ``(B, 3, F, F) float32`` with F = ``flow_size_px`` (default S; u, v rescaled to px of that grid);
-        ``label``: ``(B,)``. ``augment`` warps a sample's onset, apex and flow alike.
+        ``label``: ``(B,)``. ``augment`` warps a sample's onset, apex and flow alike. ``with_flow=False`` leaves
+        the flow out (a model that does not read it; the augmentation draws the same random numbers).
         """
         rows = torch.as_tensor(rows)
         for batch in iterate_batches(len(rows), batch_size, generator):
             pick = rows[batch]
             frames = torch.cat([normalise(self.onset[pick]), normalise(self.apex[pick])], dim=1)  # (B, 6, S, S)
-            flow = None if self.flow is None else self.flow[pick]
+            flow = None if self.flow is None or not with_flow else self.flow[pick]
             if augment is not None:
                 frames, flow = augment(frames, flow)
             out = {"onset": frames[:, :3], "apex": frames[:, 3:], "label": self.label[pick]}

@@ -27,7 +27,16 @@ from torch.utils.data import Sampler
 from pipeline.config import ModelParams, Params, PretrainParams
 from pipeline.data import FuturePairSampler, normalise
 from pipeline.distributed import all_reduce_means, broadcast_buffers, rank_info, rank_seed, wrap_ddp
-from pipeline.engine import Batch, evaluate, fit, save_checkpoint, seed_everything, to_device, training_fingerprint
+from pipeline.engine import (
+    Batch,
+    adamw,
+    evaluate,
+    fit,
+    save_checkpoint,
+    seed_everything,
+    to_device,
+    training_fingerprint,
+)
 from pipeline.io import write_json
 from pipeline.macro_data import EpochPairs, MacroFrames, pair_loader
 from pipeline.models.ma2mi import MA2MI
@@ -157,7 +166,7 @@ def pretrain(frames: MacroFrames, model_params: ModelParams, params: PretrainPar
 
     model = to_device(MA2MI(model_params), device)  # channels-last on CUDA
     losses = _Losses(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    optimizer = adamw(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=params.epochs)
     generator = torch.Generator().manual_seed(rank_seed(params.seed, world.rank))
 

@@ -53,7 +53,7 @@ def test_resume_equals_uninterrupted(setup, tmp_path):
 
     state = tmp_path / "state.pt"
     with pytest.raises(Killed):
-        _run(params, data, fold, state_path=state, fingerprint="f", on_epoch=kill_after_first_epoch)
+        _run(params, data, fold, state_path=state, fingerprint="f", save_every_s=0, on_epoch=kill_after_first_epoch)
     assert state.is_file()
     seen = []
     resumed = _run(params, data, fold, state_path=state, fingerprint="f",
@@ -140,3 +140,44 @@ def test_a_finished_seed_is_given_back_without_training(setup, tmp_path, monkeyp
     assert seen == [0, 1, 2]  # the whole curve is replayed for DVCLive
     for key in finished:
         assert torch.equal(finished[key], again[key]), key
+
+
+def test_a_state_is_saved_when_due_and_always_after_the_last_epoch(setup, tmp_path):
+    """With ``save_every_s`` longer than the run, no state exists mid-run (a kill restarts from epoch 1, ending as an
+    uninterrupted run), and the finished run's state is saved (its final weights are given back)."""
+    params, data, fold = setup
+    uninterrupted = _run(params, data, fold)
+    state = tmp_path / "state.pt"
+
+    def kill_after_first_epoch(epoch, metrics):
+        if epoch == 0:
+            raise Killed
+
+    with pytest.raises(Killed):
+        _run(params, data, fold, state_path=state, fingerprint="f", save_every_s=3600, on_epoch=kill_after_first_epoch)
+    assert not state.exists()
+    seen = []
+    restarted = _run(params, data, fold, state_path=state, fingerprint="f", save_every_s=3600,
+                     on_epoch=lambda epoch, metrics: seen.append(epoch))
+    assert seen == [0, 1, 2]
+    assert torch.load(state, weights_only=False)["epoch"] == 2
+    for key in uninterrupted:
+        assert torch.equal(uninterrupted[key], restarted[key]), key
+
+
+def test_batches_without_the_flow_hold_the_same_frames(setup):
+    """A model that does not read the flow gets the frames it would get with the flow: same random draws."""
+    from pipeline.data import PairAugmentation
+
+    _, data, fold = setup
+    data.flow = torch.randn(len(data.label), 3, 32, 32)
+    augment = PairAugmentation(True, 3.0, 4)
+    batches = {}
+    for with_flow in (True, False):
+        seed_everything(0)
+        batches[with_flow] = list(data.batches(fold.train_idx, 4, torch.Generator().manual_seed(0), augment,
+                                               with_flow=with_flow))
+    assert all("flow" in b for b in batches[True]) and not any("flow" in b for b in batches[False])
+    for a, b in zip(batches[True], batches[False], strict=True):
+        for key in ("onset", "apex", "label"):
+            assert torch.equal(a[key], b[key]), key
