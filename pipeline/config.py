@@ -276,6 +276,8 @@ class FinetuneParams(_Section):
     label_budgets: list[int]  # label-efficiency curve: also train on this many clips per class and subject
     baseline: BaselineParams
     recipe: RecipeParams
+    workers: int = Field(ge=0)  # training runs at once (Dask processes, one thread each); 0 = one per core
+    cluster: str | None  # None: a local Dask cluster of `workers` (or DASK_SCHEDULER_ADDRESS); else a scheduler
 
     @field_validator("folds")
     @classmethod

@@ -24,10 +24,10 @@ from prefect.events.worker import EventsWorker
 from prefect.logging.handlers import APILogWorker
 from prefect.settings import PREFECT_API_URL, PREFECT_HOME, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
 
-from pipeline.local_prefect import local_server
+from pipeline.local_prefect import DASK_WORKER_CONFIG, local_server
 
-__all__ = ["NO_CACHE", "drain_to_server", "flow", "get_run_logger", "route_library_logs", "run_stage", "stage_task",
-           "task"]
+__all__ = ["NO_CACHE", "dask_task_runner", "drain_to_server", "enter_workdir", "flow", "get_run_logger",
+           "route_library_logs", "run_stage", "stage_task", "task"]
 
 LIBRARY_LOGGER = "pipeline"
 
@@ -36,6 +36,48 @@ def stage_task(fn: Callable | None = None, **kwargs: Any):
     """``@task`` with caching off (see the module docstring); keyword arguments go to ``prefect.task``."""
     kwargs.setdefault("cache_policy", NO_CACHE)
     return task(fn, **kwargs) if fn is not None else task(**kwargs)
+
+
+def dask_task_runner(workers: int, cluster: str | None, n_tasks: int):
+    """A prefect-dask ``DaskTaskRunner`` for a stage's ``n_tasks`` independent CPU-bound tasks.
+
+    The scheduler at ``cluster`` if given; else the one in Dask's ``scheduler-address`` setting (environment
+    variable ``DASK_SCHEDULER_ADDRESS``: ``python -m pipeline.local_prefect`` starts one cluster for a whole
+    ``dvc repro``, so its workers import torch once, not once per stage); else a local cluster of ``workers``
+    single-threaded processes (0 = one per core), never more than ``n_tasks``, whose nannies leave glibc's malloc
+    tuning alone (:data:`pipeline.local_prefect.DASK_WORKER_CONFIG`: Dask's default made training 78% slower).
+
+    Always worker processes, also for one: a task then runs the same way (one thread, its own process) whatever
+    the number of workers, so its result does not depend on it; and measured, a stage whose CPU-bound tasks ran
+    in its own process (Prefect's ThreadPoolTaskRunner) waited ~70 s at exit for Prefect's event service to
+    drain.
+    """
+    import dask
+    from prefect_dask import DaskTaskRunner
+
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # Dask's INFO lines drown the stage's lines
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # also in the worker processes it starts
+    dask.config.set(DASK_WORKER_CONFIG)  # for the local cluster's nannies, created in this process
+    address = cluster or dask.config.get("scheduler-address", None)
+    if address:
+        return DaskTaskRunner(address=address)
+    n_workers = max(1, min(workers or len(os.sched_getaffinity(0)), n_tasks))
+    return DaskTaskRunner(cluster_kwargs={"n_workers": n_workers, "threads_per_worker": 1, "processes": True,
+                                          "dashboard_address": ":0"})
+
+
+def enter_workdir(workdir: str) -> None:
+    """In a Dask worker, make ``workdir`` (the stage's folder; the project's paths are relative to it) current.
+
+    Raises:
+        FileNotFoundError: this worker cannot see ``workdir`` (a cluster's workers need the project's files at
+            the same path).
+    """
+    if os.getcwd() != workdir:
+        if not os.path.isdir(workdir):
+            raise FileNotFoundError(f"this Dask worker ({os.uname().nodename}) cannot see the project folder "
+                                    f"{workdir}: workers need the project's files at the same path")
+        os.chdir(workdir)
 
 
 def route_library_logs() -> None:

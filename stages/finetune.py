@@ -7,12 +7,15 @@ with the same folds, seeds and recipe. Outputs under ``paths.finetune_dir/<arm>/
 class; one row per sample and seed), ``model_seed<s>.pt`` and ``dvclive/seed<s>/`` (per-epoch training loss and
 accuracy). While it runs, each seed's full training state is saved after every epoch under
 ``paths.checkpoint_dir``: a killed run resumes where it stopped, finished seeds included, with the same result.
-Run: ``python -m stages.finetune --arm ma2mi --fold 3``.
+The training runs (seeds × label budgets) are independent Prefect task runs on Dask worker processes of one thread
+each, ``finetune.workers`` at once (:func:`pipeline.orchestration.dask_task_runner`); a run's result does not
+depend on how many run beside it. Run: ``python -m stages.finetune --arm ma2mi --fold 3``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 
 import pandas as pd
@@ -27,7 +30,15 @@ from pipeline.io import atomic_dir, write_parquet
 from pipeline.loso import loso_fold
 from pipeline.micro_data import MicroTensors
 from pipeline.micro_table import SAMPLES_FILE, read_classes, read_samples
-from pipeline.orchestration import flow, get_run_logger, run_stage, stage_task
+from pipeline.orchestration import (
+    dask_task_runner,
+    enter_workdir,
+    flow,
+    get_run_logger,
+    route_library_logs,
+    run_stage,
+    stage_task,
+)
 
 
 @flow(name="finetune-fold")
@@ -58,23 +69,38 @@ def finetune_flow(arm: str, fold: int, params_path: str = "params.yaml") -> dict
                                         "recipe": recipe.model_dump(mode="json", exclude={"seeds"})}, inputs)
     state_dir = params.paths.checkpoint_dir / "finetune" / arm / f"fold{fold}"
     budgets = [None, *params.finetune.label_budgets] if ARMS[arm].label_efficiency else [None]
-    with atomic_dir(params.paths.finetune_dir / arm / f"fold{fold}") as out:
+    runs = [(b, seed) for b in budgets for seed in recipe.seeds]
+    with atomic_dir(params.paths.finetune_dir / arm / f"fold{fold}") as out, \
+            dask_task_runner(params.finetune.workers, params.finetune.cluster, len(runs)) as runner:
         # a finished run's state is kept until the stage's outputs are in place: a stage killed at a later seed
         # gets the finished runs' weights back without training them again
-        tables = [
-            train_seed.with_options(task_run_name=f"{arm} fold {fold} seed {seed}" + (f" budget {b}" if b else ""))(
-                samples, data, classes, split, arm, params, seed, device, encoder, out,
-                state_dir / (f"seed{seed}.pt" if b is None else f"budget{b}_seed{seed}.pt"), fingerprint, b)
-            for b in budgets for seed in recipe.seeds
-        ]
+        futures = [runner.submit(
+            train_seed.with_options(task_run_name=f"{arm} fold {fold} seed {seed}" + (f" budget {b}" if b else "")),
+            {"workdir": os.getcwd(), "run": {
+                "samples": samples, "data": data, "classes": classes, "fold": split, "arm": arm, "params": params,
+                "seed": seed, "device": device, "encoder_state": encoder, "out": out,
+                "state_path": state_dir / (f"seed{seed}.pt" if b is None else f"budget{b}_seed{seed}.pt"),
+                "fingerprint": fingerprint, "budget": b}})
+            for b, seed in runs]
+        tables = [future.result() for future in futures]
         write_parquet(pd.concat(tables, ignore_index=True), out / "predictions.parquet")
     shutil.rmtree(state_dir, ignore_errors=True)  # the outputs are in place: nothing left to resume
     return {"test_subject": split.test_subject, "n": len(split.test_idx), "seeds": list(recipe.seeds),
             "label_budgets": [b for b in budgets if b is not None]}
 
 
+def train_run(workdir: str, run: dict) -> pd.DataFrame:
+    """``finetune_seed(**run)`` (:func:`pipeline.finetune.finetune_seed`) in a Dask worker: in the project's
+    folder, on one thread."""
+    enter_workdir(workdir)
+    torch.set_num_threads(1)
+    set_deterministic(run["params"].finetune.recipe.deterministic)
+    route_library_logs()  # the per-epoch lines, into the task run's log
+    return finetune_seed(**run)
+
+
 # one Prefect task run per training run (seed and label budget), as the UI shows them
-train_seed = stage_task(finetune_seed, name="finetune-seed")
+train_seed = stage_task(train_run, name="finetune-seed")
 
 
 def main(argv: list[str] | None = None) -> None:

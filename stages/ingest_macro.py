@@ -8,14 +8,14 @@ decoded frame with its box and status), ``videos.parquet`` (one row per video: s
 Each video is one Prefect task run (``ingest <video id>``), streamed into the per-video cache
 (``paths.macro_cache_dir``, :mod:`pipeline.macro_cache`): a killed run resumes, a grown source ingests only its
 new videos. Tasks run on a Dask cluster through prefect-dask: a local one of ``macro.workers`` single-threaded
-processes (0 = one per core), or the scheduler at ``macro.cluster``. Neither is a DVC param: the outputs do not
+processes (0 = one per core), the scheduler at ``macro.cluster``, or the one in ``DASK_SCHEDULER_ADDRESS``
+(:func:`pipeline.orchestration.dask_task_runner`). Neither is a DVC param: the outputs do not
 depend on them. Run: ``python -m stages.ingest_macro --source samples``.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import time
 from pathlib import Path
@@ -26,16 +26,12 @@ from pipeline.config import MacroParams, load_params
 from pipeline.ingest_macro import SourceItem, list_source
 from pipeline.io import atomic_dir, write_json, write_parquet
 from pipeline.macro_cache import INDEX_SCHEMA, CacheEntry, concat_parquet, ingest_cached, link_or_copy
-from pipeline.orchestration import flow, get_run_logger, run_stage, stage_task
+from pipeline.orchestration import dask_task_runner, enter_workdir, flow, get_run_logger, run_stage, stage_task
 
 
 @stage_task(name="ingest-video", task_run_name="ingest {item.video}")
 def ingest_one(item: SourceItem, params: MacroParams, cache_dir: Path, workdir: str, threads: int) -> CacheEntry:
-    if os.getcwd() != workdir:  # a worker of an existing cluster: paths are relative to the project's folder
-        if not os.path.isdir(workdir):
-            raise FileNotFoundError(f"this Dask worker ({os.uname().nodename}) cannot see the project folder "
-                                    f"{workdir}: workers need the project's files at the same path")
-        os.chdir(workdir)
+    enter_workdir(workdir)  # a worker of an existing cluster: paths are relative to the project's folder
     if threads:
         import cv2
 
@@ -46,25 +42,6 @@ def ingest_one(item: SourceItem, params: MacroParams, cache_dir: Path, workdir: 
                           "ingested", item.video, row["status"], row["n_ok"], row["n_frames"], entry.seconds,
                           f" ({row['reason']})" if row["reason"] else "")
     return entry
-
-
-def task_runner(params: MacroParams, n_videos: int):
-    """The Dask task runner for ``macro.workers`` / ``macro.cluster``: one single-threaded worker process per core
-    (never more local workers than videos), or the cluster at ``macro.cluster``.
-
-    Always worker processes, also for one: measured, a stage whose CPU-bound tasks ran in its own process (Prefect's
-    ThreadPoolTaskRunner) then waited ~70 s at exit for Prefect's event service to drain, and the stage process
-    would carry the decoders' memory.
-    """
-    from prefect_dask import DaskTaskRunner
-
-    logging.getLogger("distributed").setLevel(logging.WARNING)  # Dask's INFO lines drown the videos' lines
-    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # also in the worker processes it starts
-    if params.cluster:
-        return DaskTaskRunner(address=params.cluster)
-    workers = min(params.workers or len(os.sched_getaffinity(0)), n_videos)
-    return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
-                                          "dashboard_address": ":0"})
 
 
 def assemble(entries: list[CacheEntry], source: str, out: Path) -> dict:
@@ -98,7 +75,7 @@ def ingest_macro_flow(source: str, params_path: str = "params.yaml") -> dict:
     items = list_source(source, params.macro.sources[source], params.macro.video_suffixes)
     if not items:
         raise ValueError(f"macro source {source!r} has no video under {params.macro.sources[source].root}")
-    runner = task_runner(params.macro, len(items))
+    runner = dask_task_runner(params.macro.workers, params.macro.cluster, len(items))
     start = time.perf_counter()
     entries: dict[str, CacheEntry] = {}
     failures: list[str] = []

@@ -49,6 +49,7 @@ def test_a_failing_stage_exits_nonzero_with_the_message(tmp_path):
 
 CHILD = """
 import os, sys
+from distributed import Client
 from pipeline.orchestration import flow
 
 @flow(name="probe")
@@ -56,24 +57,74 @@ def probe():
     return os.environ["PREFECT_API_URL"]
 
 print("api:", probe())
+with Client() as client:  # Dask's scheduler-address setting, from DASK_SCHEDULER_ADDRESS
+    print("dask:", client.scheduler.address, len(client.scheduler_info()["workers"]))
+    print("malloc:", client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_", "unset")))
 sys.exit(3)
 """
 
 
-def test_a_command_runs_against_a_local_server_that_is_stopped_afterwards(tmp_path):
-    """`make demo` runs `dvc repro` this way: one server instead of an ephemeral API per stage process."""
+def _env_without_servers() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "DASK_SCHEDULER_ADDRESS")}
+
+
+def test_a_command_runs_against_a_local_server_and_cluster_that_are_stopped_afterwards(tmp_path):
+    """`make demo` runs `dvc repro` this way: one Prefect server instead of an ephemeral API per stage process,
+    one Dask cluster (glibc's malloc left alone) instead of one per stage."""
+    import socket
+
     import httpx
 
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     home = tmp_path / "prefect"
-    result = subprocess.run([sys.executable, "-m", "pipeline.local_prefect", "--home", str(home), "--",
-                             sys.executable, "-c", CHILD], capture_output=True, text=True, env=env, timeout=180)
+    result = subprocess.run([sys.executable, "-m", "pipeline.local_prefect", "--home", str(home), "--dask-workers",
+                             "2", "--", sys.executable, "-c", CHILD], capture_output=True, text=True,
+                            env=_env_without_servers(), timeout=300)
     assert result.returncode == 3, result.stdout[-2000:] + result.stderr[-2000:]  # the command's exit code
     api_url = result.stdout.split("api: ")[1].split()[0]
     assert api_url.startswith("http://127.0.0.1:") and api_url.endswith("/api")
+    address, n_workers = result.stdout.split("dask: ")[1].split()[:2]
+    assert address.startswith("tcp://127.0.0.1:") and n_workers == "2"
+    assert "65536" not in result.stdout.split("malloc: ")[1].splitlines()[0]
     assert (home / "prefect.db").is_file()  # the runs are kept in the server's database
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{api_url}/health", timeout=2)  # the server is gone
+    host, port = address.removeprefix("tcp://").split(":")
+    with pytest.raises(ConnectionRefusedError), socket.create_connection((host, int(port)), timeout=2):
+        pass  # the scheduler is gone
+
+
+def test_a_killed_local_runtime_leaves_no_server_or_worker_behind(tmp_path):
+    """SIGKILL of `python -m pipeline.local_prefect` takes its Prefect server and Dask processes along."""
+    import signal
+
+    import psutil
+
+    runtime = subprocess.Popen([sys.executable, "-m", "pipeline.local_prefect", "--home", str(tmp_path / "prefect"),
+                                "--dask-workers", "1", "--", "sleep", "600"], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, env=_env_without_servers())
+    command: list[psutil.Process] = []
+    try:
+        for line in runtime.stdout:
+            if line.startswith("running:"):
+                break
+        children = psutil.Process(runtime.pid).children(recursive=True)
+        command = [p for p in children if p.name() == "sleep"]  # the caller's command: not tied to the runtime
+        helpers = [p for p in children if p not in command]
+        names = " ".join(" ".join(p.cmdline()) for p in helpers)
+        assert "prefect" in names and "dask_scheduler" in names and "dask_worker" in names, names
+        runtime.send_signal(signal.SIGKILL)
+        runtime.wait(30)
+        _, alive = psutil.wait_procs(helpers, timeout=60)
+        assert not alive, f"still running after the runtime was killed: {[p.cmdline() for p in alive]}"
+    finally:
+        if runtime.poll() is None:
+            for child in psutil.Process(runtime.pid).children(recursive=True):
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.kill()
+            runtime.kill()
+        for process in command:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
 
 
 SLEEPER = """

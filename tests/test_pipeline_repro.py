@@ -201,3 +201,35 @@ def test_editing_a_module_stales_exactly_the_stages_that_import_it(shrunk_projec
         path.write_text(original)
     assert expected, f"no stage imports {module}"
     assert stale == expected
+
+
+RUN_FOLD = """
+from stages.finetune import finetune_flow
+from pipeline.orchestration import run_stage
+run_stage(finetune_flow, arm="ma2mi", fold=1, params_path="{params}")
+"""
+
+
+@pytest.mark.slow
+def test_a_fold_stage_gives_the_same_predictions_whatever_the_number_of_workers(shrunk_project, tmp_path):
+    """The fixture's `dvc repro` ran every fold on `pipeline.local_prefect`'s cluster (one worker per core); one
+    single-threaded local worker gives the same predictions and weights, bit for bit."""
+    import sys
+
+    import torch
+
+    work, env = shrunk_project
+    raw = yaml.safe_load((work / "params.yaml").read_text())
+    raw["finetune"]["workers"] = 1
+    raw["paths"].update(finetune_dir=str(tmp_path / "finetune"), checkpoint_dir=str(tmp_path / "checkpoints"))
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    env = {k: v for k, v in env.items() if k not in ("DASK_SCHEDULER_ADDRESS", "PREFECT_API_URL")}
+    _run([sys.executable, "-c", RUN_FOLD.format(params=params)], work, env)
+    ours, theirs = tmp_path / "finetune" / "ma2mi" / "fold1", work / "results" / "finetune" / "ma2mi" / "fold1"
+    assert (ours / "predictions.parquet").is_file()
+    pd.testing.assert_frame_equal(pd.read_parquet(ours / "predictions.parquet"),
+                                  pd.read_parquet(theirs / "predictions.parquet"))
+    for seed in raw["finetune"]["recipe"]["seeds"]:
+        a, b = (torch.load(d / f"model_seed{seed}.pt", weights_only=False)["model"] for d in (ours, theirs))
+        assert all(torch.equal(a[key], b[key]) for key in a), seed
