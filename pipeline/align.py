@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from pipeline.config import ConfigError
-from pipeline.video import HaarFaceDetector, crop_matrix
+from pipeline.video import Geometry, HaarFaceDetector, crop_matrix
 
 __all__ = [
     "ARCFACE_TEMPLATE_112",
@@ -39,7 +39,11 @@ __all__ = [
     "apply_matrix",
     "canonical_template",
     "clip_matrix",
+    "face_pose",
     "make_detector",
+    "pose_box",
+    "pose_geometry",
+    "pose_matrix",
     "similarity_matrix",
 ]
 
@@ -289,6 +293,48 @@ def similarity_matrix(landmarks: np.ndarray, template: np.ndarray) -> np.ndarray
 def align_matrix(face: Face, image_size_px: int, margin: float = DEFAULT_MARGIN) -> np.ndarray:
     """``(2, 3)`` similarity mapping ``face``'s landmarks onto :func:`canonical_template` (for ``warp_face``)."""
     return similarity_matrix(face.landmarks, canonical_template(image_size_px, margin))
+
+
+def face_pose(face: Face, image_size_px: int, margin: float = DEFAULT_MARGIN) -> np.ndarray:
+    """The row of a macro video's MTCNN track: ``(4,) float64 (a, b, tx, ty)``, the inverse of :func:`align_matrix`.
+
+    It maps output px ``(u, v)`` to frame px ``x = a u - b v + tx``, ``y = b u + a v + ty``. A similarity is
+    linear in these four numbers, so :class:`pipeline.video.BoxTracker` interpolates and averages them like box
+    coordinates and the result is still a similarity; in this direction ``(tx, ty)`` is where the output's
+    corner lies in the frame, which moves with the head (the forward matrix's translation mixes in the rotation).
+    """
+    inverse = cv2.invertAffineTransform(align_matrix(face, image_size_px, margin))
+    return np.array([inverse[0, 0], inverse[1, 0], inverse[0, 2], inverse[1, 2]])
+
+
+def pose_matrix(pose: np.ndarray) -> np.ndarray:
+    """``(2, 3)`` float64 frame → output similarity of a :func:`face_pose` row (for ``warp_face``)."""
+    a, b, tx, ty = (float(v) for v in pose)
+    return cv2.invertAffineTransform(np.array([[a, -b, tx], [b, a, ty]]))
+
+
+def pose_geometry(image_size_px: int) -> Geometry:
+    """The :data:`pipeline.video.Geometry` of :func:`face_pose` rows, for ``confirm_detections``.
+
+    Centre: the frame px under the output's centre; side: the frame px that the output's side spans.
+    """
+    centre = (image_size_px - 1) / 2.0
+
+    def geometry(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        a, b, tx, ty = np.asarray(rows, np.float64).T
+        centres = np.stack([(a - b) * centre + tx, (b + a) * centre + ty], axis=1)
+        return centres, np.hypot(a, b) * image_size_px
+
+    return geometry
+
+
+def pose_box(poses: np.ndarray, image_size_px: int) -> np.ndarray:
+    """``(n, 4)`` float64 ``(x, y, w, h)`` px: the frame square each :func:`face_pose` row's crop covers.
+
+    Its rotation aside (for the frame index); NaN rows stay NaN.
+    """
+    centres, sides = pose_geometry(image_size_px)(np.asarray(poses, np.float64).reshape(-1, 4))
+    return np.column_stack([centres - sides[:, None] / 2, sides, sides])
 
 
 def apply_matrix(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:

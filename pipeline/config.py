@@ -128,7 +128,8 @@ class MacroParams(_Section):
 
     sources: dict[str, MacroSource]  # one ingest_macro@<name> stage each; 'samples' and 'demo' are built in
     video_suffixes: list[str] = Field(min_length=1)
-    detector: Literal["haar", "none"]
+    detector: Literal["haar", "mtcnn", "none"]
+    align_margin: float = Field(gt=-0.5)  # mtcnn: canonical template = ArcFace's shrunk by 1 / (1 + margin)
     detect_every_s: float = Field(gt=0)
     smooth_window_s: float = Field(ge=0)
     box_scale: float = Field(gt=0)

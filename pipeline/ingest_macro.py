@@ -1,10 +1,12 @@
 """Macro-expression videos → aligned face frames (the input of MA2MI pre-training), streamed.
 
-For each video: decode in bounded chunks (subsampled to at most ``max_fps``), detect the face with the Haar
-cascade on key frames ``detect_every_s`` apart, confirm, interpolate and smooth the box track (a centred window of
-``smooth_window_s``), crop a square around it, resize to ``image_size_px`` and encode it as JPEG — all while the
-video streams: only a look-ahead of about half a smoothing window plus two key intervals of decoded frames is
-held, whatever the video's length (:class:`pipeline.video.BoxTracker`).
+For each video: decode in bounded chunks (subsampled to at most ``max_fps``), detect the face on key frames
+``detect_every_s`` apart, confirm, interpolate and smooth the track (a centred window of ``smooth_window_s``), warp
+the face to ``image_size_px`` and encode it as JPEG. With ``detector: haar`` the track is the cascade's box and the
+crop a square of ``box_scale`` times it; with ``detector: mtcnn`` it is the similarity transform that maps MTCNN's
+five landmarks onto the canonical template (:mod:`pipeline.align`; rotation, scale and position, smoothed over time
+like the box). All while the video streams: only a look-ahead of about half a smoothing window plus two key
+intervals of decoded frames is held, whatever the video's length (:class:`pipeline.video.BoxTracker`).
 
 Every decoded frame gets a row in the frame index with its status: ``ok`` (cropped and stored), ``no_face`` (no
 detection near it). A video that cannot be decoded gets a row in the video table with status ``decode_error`` and
@@ -26,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.align import MtcnnDetector, face_pose, pose_box, pose_geometry, pose_matrix
 from pipeline.config import MacroParams, MacroSource
 from pipeline.io import encode_jpeg
 from pipeline.sheets import read_table
@@ -48,6 +51,7 @@ __all__ = [
     "ingest_video",
     "list_source",
     "stream_video",
+    "track_video",
 ]
 
 log = logging.getLogger(__name__)
@@ -80,14 +84,17 @@ class FrameBatch:
     Attributes:
         frame_index: (n,) int64 native frame numbers.
         time_s: (n,) float64 seconds.
-        boxes: (n, 4) float64 ``(x, y, w, h)`` px of the smoothed face box; NaN rows: no face.
+        boxes: (n, 4) float64 ``(x, y, w, h)`` px of the smoothed face box (``mtcnn``: the square of the frame
+            the aligned crop covers, its rotation aside); NaN rows: no face.
         crops: (n_ok, S, S, 3) uint8 RGB aligned faces of the rows with a box, in order.
+        matrices: (n_ok, 2, 3) float64 frame px -> crop px similarity of each crop (``warp_face``'s matrix).
     """
 
     frame_index: np.ndarray
     time_s: np.ndarray
     boxes: np.ndarray
     crops: np.ndarray
+    matrices: np.ndarray
 
 
 def find_videos(folders: list[Path], suffixes: list[str]) -> list[Path]:
@@ -179,62 +186,109 @@ def _frame_plan(info, max_fps: float, start_s: float | None, end_s: float | None
     return indices[keep], times_s[keep], info.fps / step
 
 
-def _crops(frames: dict[int, np.ndarray], start: int, boxes: np.ndarray, params: MacroParams) -> np.ndarray:
-    """(n_ok, S, S, 3) uint8 crops of the frames ``start + i`` whose box is finite."""
+@dataclass(frozen=True)
+class _Track:
+    """What a detector's track rows are: how to detect one, turn it into a warp and into an index box."""
+
+    detect: Callable[[np.ndarray], np.ndarray | tuple | None]
+    matrix: Callable[[np.ndarray], np.ndarray]  # row -> (2, 3) frame -> crop similarity
+    boxes: Callable[[np.ndarray], np.ndarray]  # (n, 4) rows -> (n, 4) (x, y, w, h) for the frame index
+    tracker: Callable[[np.ndarray], BoxTracker]  # times_s -> a tracker of such rows
+
+
+def _track_kind(detector: HaarFaceDetector | MtcnnDetector, params: MacroParams) -> _Track:
     size = params.image_size_px
-    rows = np.flatnonzero(~np.isnan(boxes[:, 0]))
-    out = np.empty((len(rows), size, size, 3), np.uint8)
-    for k, i in enumerate(rows):
-        out[k] = warp_face(frames[start + i], crop_matrix(tuple(boxes[i]), params.box_scale, size), size)
-    return out
+    if isinstance(detector, MtcnnDetector):
+        def detect(frame: np.ndarray) -> np.ndarray | None:
+            face = detector.detect_one(frame)
+            return None if face is None else face_pose(face, size, params.align_margin)
+
+        return _Track(detect, pose_matrix, lambda rows: pose_box(rows, size),
+                      lambda times_s: BoxTracker(times_s, params.detect_every_s, params.smooth_window_s,
+                                                 geometry=pose_geometry(size)))
+    return _Track(detector.detect, lambda box: crop_matrix(tuple(box), params.box_scale, size), lambda rows: rows,
+                  lambda times_s: BoxTracker(times_s, params.detect_every_s, params.smooth_window_s))
+
+
+def _crops(frames: dict[int, np.ndarray], start: int, rows: np.ndarray, matrix: Callable[[np.ndarray], np.ndarray],
+           size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(crops (n_ok, S, S, 3) uint8, matrices (n_ok, 2, 3))`` of the frames ``start + i`` whose row is finite."""
+    ok = np.flatnonzero(~np.isnan(rows[:, 0]))
+    out = np.empty((len(ok), size, size, 3), np.uint8)
+    matrices = np.empty((len(ok), 2, 3))
+    for k, i in enumerate(ok):
+        matrices[k] = matrix(rows[i])
+        out[k] = warp_face(frames[start + i], matrices[k], size)
+    return out, matrices
 
 
 def _track(source: FrameSource, indices: np.ndarray, times_s: np.ndarray, params: MacroParams,
-           detector: HaarFaceDetector | None) -> Iterator[FrameBatch]:
-    """Decode, detect, track and crop; yield :class:`FrameBatch` es in frame order as boxes become final."""
+           detector: HaarFaceDetector | MtcnnDetector | None) -> Iterator[FrameBatch]:
+    """Decode, detect, track and crop; yield :class:`FrameBatch` es in frame order as the track becomes final."""
+    size = params.image_size_px
     if detector is None:  # frames are faces already: the centred square of the frame is the crop
         info = source.info
         side = float(min(info.width_px, info.height_px))
         box = np.array([(info.width_px - side) / 2, (info.height_px - side) / 2, side, side])
         for positions, chunk in source.chunks(indices):
             boxes = np.tile(box, (len(positions), 1))
-            crops = _crops(dict(zip(positions.tolist(), chunk, strict=True)), int(positions[0]), boxes, params)
-            yield FrameBatch(indices[positions], times_s[positions], boxes, crops)
+            crops, matrices = _crops(dict(zip(positions.tolist(), chunk, strict=True)), int(positions[0]), boxes,
+                                     lambda b: crop_matrix(tuple(b), params.box_scale, size), size)
+            yield FrameBatch(indices[positions], times_s[positions], boxes, crops, matrices)
         return
-    tracker = BoxTracker(times_s, params.detect_every_s, params.smooth_window_s)
-    held: dict[int, np.ndarray] = {}  # decoded frames whose box is not final yet (the look-ahead)
+    kind = _track_kind(detector, params)
+    tracker = kind.tracker(times_s)
+    held: dict[int, np.ndarray] = {}  # decoded frames whose track row is not final yet (the look-ahead)
     last = None
     for positions, chunk in source.chunks(indices):
         for position, frame in zip(positions.tolist(), chunk, strict=True):
             if tracker.next_key() == position:
-                tracker.add_detection(detector.detect(frame))
+                tracker.add_detection(kind.detect(frame))
             held[position] = frame
         last = (int(positions[-1]), chunk[-1])
         tracker.advance(int(positions[-1]) + 1)
-        yield from _release(tracker, held, indices, times_s, params)
+        yield from _release(tracker, held, indices, times_s, kind, size)
     if last is None:
         raise VideoDecodeError(f"{source.path}: no frame could be decoded "
                                f"({source.stop_reason or 'the reader returned none'})")
     tracker.end(last[0] + 1)
     if tracker.next_key() == last[0]:  # the stream broke: its last frame becomes the last key frame
-        tracker.add_detection(detector.detect(last[1]))
-    yield from _release(tracker, held, indices, times_s, params)
+        tracker.add_detection(kind.detect(last[1]))
+    yield from _release(tracker, held, indices, times_s, kind, size)
 
 
 def _release(tracker: BoxTracker, held: dict[int, np.ndarray], indices: np.ndarray, times_s: np.ndarray,
-             params: MacroParams) -> Iterator[FrameBatch]:
-    """Crop the frames whose box became final and forget every frame that no longer needs its pixels."""
-    start, boxes = tracker.pop_final()
-    if len(boxes):
-        crops = _crops(held, start, boxes, params)
-        for position in range(start, start + len(boxes)):
+             kind: _Track, size: int) -> Iterator[FrameBatch]:
+    """Crop the frames whose track row became final and forget every frame that no longer needs its pixels."""
+    start, rows = tracker.pop_final()
+    if len(rows):
+        crops, matrices = _crops(held, start, rows, kind.matrix, size)
+        for position in range(start, start + len(rows)):
             held.pop(position, None)
-        yield FrameBatch(indices[start : start + len(boxes)], times_s[start : start + len(boxes)], boxes, crops)
+        yield FrameBatch(indices[start : start + len(rows)], times_s[start : start + len(rows)], kind.boxes(rows),
+                         crops, matrices)
     for position in [p for p in held if tracker.has_face(p) is False]:
         del held[position]
 
 
-def stream_video(path: Path, params: MacroParams, detector: HaarFaceDetector | None,
+def track_video(path: Path, params: MacroParams,
+                detector: HaarFaceDetector | MtcnnDetector | None) -> Iterator[FrameBatch]:
+    """The :class:`FrameBatch` es of a video file as ingestion makes them (crops and their transforms), in order.
+
+    For measurements (``benchmarks/alignment_error.py``); :func:`stream_video` is the ingestion.
+
+    Raises:
+        VideoDecodeError: the video cannot be opened or decoded.
+    """
+    source = FrameSource(path)
+    try:
+        indices, times_s, _ = _frame_plan(source.info, params.max_fps, None, None, path, False)
+        yield from _track(source, indices, times_s, params, detector)
+    finally:
+        source.close()
+
+
+def stream_video(path: Path, params: MacroParams, detector: HaarFaceDetector | MtcnnDetector | None,
                  on_frames: Callable[[pd.DataFrame], None], video: str | None = None,
                  sequence_fps: float | None = None, start_s: float | None = None, end_s: float | None = None,
                  num_threads: int = 0) -> tuple[dict, pd.DataFrame]:
@@ -243,8 +297,8 @@ def stream_video(path: Path, params: MacroParams, detector: HaarFaceDetector | N
     Args:
         path: a video file, or (with ``sequence_fps``) a folder of frame images.
         params: the ``macro`` section.
-        detector: the face detector, or None when ``params.detector == 'none'`` (frames are faces already:
-            the centred square of the frame is the crop).
+        detector: the face detector (:func:`pipeline.align.make_detector` of ``params.detector``), or None for
+            ``'none'`` (frames are faces already: the centred square of the frame is the crop).
         on_frames: called, in frame order, with each batch of ``ok`` frames: a DataFrame ``video, frame_index,
             time_s, image`` (JPEG bytes), at most a decode chunk long.
         video: the id rows carry (default: the file stem).
@@ -303,7 +357,8 @@ def _empty_index() -> pd.DataFrame:
                          "status": pd.Series(dtype=str)})
 
 
-def ingest_video(path: Path, params: MacroParams, detector: HaarFaceDetector | None, video: str | None = None,
+def ingest_video(path: Path, params: MacroParams, detector: HaarFaceDetector | MtcnnDetector | None,
+                 video: str | None = None,
                  sequence_fps: float | None = None, start_s: float | None = None,
                  end_s: float | None = None) -> MacroVideoResult:
     """:func:`stream_video` with the stored frames collected in memory (for tests and short videos).

@@ -33,10 +33,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.align import make_detector
 from pipeline.config import MacroParams
 from pipeline.ingest_macro import INDEX_COLUMNS, VIDEO_COLUMNS, SourceItem, stream_video
 from pipeline.io import atomic_dir, atomic_path, write_json
-from pipeline.video import IMAGE_SUFFIXES, HaarFaceDetector
+from pipeline.video import IMAGE_SUFFIXES
 
 __all__ = [
     "FRAME_SCHEMA",
@@ -100,6 +101,8 @@ def entry_key(item: SourceItem, params: MacroParams, digest: str) -> str:
     payload = {"version": INGEST_VERSION, "video": item.video, "path": str(item.path), "content": digest,
                "sequence_fps": item.sequence_fps, "start_s": item.start_s, "end_s": item.end_s,
                "params": {name: getattr(params, name) for name in KEY_PARAMS}, **_library_versions()}
+    if params.detector == "mtcnn":  # a Haar track does not depend on the template's margin
+        payload["params"]["align_margin"] = params.align_margin
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -180,7 +183,7 @@ def ingest_cached(item: SourceItem, params: MacroParams, cache_dir: Path, num_th
     if (folder / "video.json").is_file():
         meta = json.loads((folder / "video.json").read_text())
         return CacheEntry(folder, meta["row"], meta["shards"], True, time.perf_counter() - start)
-    detector = HaarFaceDetector() if params.detector == "haar" else None
+    detector = make_detector(params.detector, "macro.detector")
     with atomic_dir(folder) as tmp:
         writer = ShardWriter(tmp, params.shard_frames)
         row, index = stream_video(item.path, params, detector, writer, video=item.video,

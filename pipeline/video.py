@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,9 +25,11 @@ import numpy as np
 __all__ = [
     "BoxTracker",
     "FrameSource",
+    "Geometry",
     "HaarFaceDetector",
     "VideoDecodeError",
     "VideoInfo",
+    "box_geometry",
     "centred_mean",
     "confirm_detections",
     "crop_matrix",
@@ -411,25 +413,38 @@ def smooth_box_track(
     return boxes
 
 
-def confirm_detections(key_boxes: np.ndarray, max_shift: float = 0.5) -> np.ndarray:
+Geometry = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+"""``rows (K, 4) -> (centres (K, 2) px, sides (K,) px)`` of a track's rows: where the face is and how big."""
+
+
+def box_geometry(key_boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Centres and widths of ``(x, y, w, h)`` boxes: the :data:`Geometry` of a box track."""
+    return key_boxes[:, :2] + key_boxes[:, 2:] / 2, key_boxes[:, 2]
+
+
+def confirm_detections(key_boxes: np.ndarray, max_shift: float = 0.5,
+                       geometry: Geometry = box_geometry) -> np.ndarray:
     """Reject isolated detections: Haar false positives rarely persist; faces do.
 
-    A key-frame box is kept only if a neighbouring key frame also has a face whose centre lies within
-    ``max_shift`` box sides of it.
+    A key-frame row is kept only if a neighbouring key frame also has a face whose centre lies within
+    ``max_shift`` face sides of it.
 
     Args:
-        key_boxes: (K, 4) float ``(x, y, w, h)`` px, NaN rows where nothing was found.
-        max_shift: largest centre distance to a neighbour's box, in box sides.
+        key_boxes: (K, 4) float track rows (``(x, y, w, h)`` px boxes by default), NaN rows where nothing was
+            found.
+        max_shift: largest centre distance to a neighbour's face, in face sides.
+        geometry: centres and sides of the rows (:func:`box_geometry`; a similarity track has its own,
+            :func:`pipeline.align.pose_geometry`).
 
     Returns:
         (K, 4) copy with unconfirmed rows set to NaN.
     """
     confirmed = np.full_like(key_boxes, np.nan)
-    centres = key_boxes[:, :2] + key_boxes[:, 2:] / 2
+    centres, sides = geometry(key_boxes)
     for k in range(len(key_boxes)):
         for j in (k - 1, k + 1):
             if (0 <= j < len(key_boxes) and not np.isnan(key_boxes[[k, j]]).any()
-                    and np.linalg.norm(centres[k] - centres[j]) <= max_shift * key_boxes[k, 2]):
+                    and np.linalg.norm(centres[k] - centres[j]) <= max_shift * sides[k]):
                 confirmed[k] = key_boxes[k]
     return confirmed
 
@@ -445,15 +460,23 @@ class BoxTracker:
     (:meth:`has_face` says so, so their pixels can be released). The boxes are those of
     :func:`confirm_detections` then :func:`smooth_box_track` on the whole video, bitwise.
 
+    The four numbers of a row need not be a box: any track whose rows can be interpolated and averaged
+    coordinate by coordinate works, given its ``geometry`` for the confirmation, e.g. the similarity transforms
+    of an MTCNN track (:func:`pipeline.align.face_pose`; a similarity is linear in its four parameters, so
+    interpolations and means of similarities are similarities).
+
     Memory: O(1) frames of look-ahead for the caller; ~60 bytes per frame of metadata here.
 
     Args:
         times_s: (N,) float, increasing times of the planned frames (seconds).
         detect_every_s: seconds between key frames.
         window_s: moving-average window in seconds (0: none).
+        geometry: centres and sides of rows, for :func:`confirm_detections` (default: boxes).
     """
 
-    def __init__(self, times_s: np.ndarray, detect_every_s: float, window_s: float):
+    def __init__(self, times_s: np.ndarray, detect_every_s: float, window_s: float,
+                 geometry: Geometry = box_geometry):
+        self.geometry = geometry
         self.times = np.asarray(times_s, dtype=float)
         self.n = len(self.times)
         self.key_step, self.max_gap_s = key_step_and_gap(self.times, detect_every_s)
@@ -473,8 +496,8 @@ class BoxTracker:
         """Position of the next key frame to detect on, or None when every key frame has a detection."""
         return int(self.keys[self.n_detected]) if self.n_detected < len(self.keys) else None
 
-    def add_detection(self, box: tuple[float, float, float, float] | None) -> None:
-        """The detector's box on key frame :meth:`next_key` (None: no face)."""
+    def add_detection(self, box: tuple[float, float, float, float] | np.ndarray | None) -> None:
+        """The detector's row (a box by default) on key frame :meth:`next_key` (None: no face)."""
         if self.n_detected >= len(self.keys):
             raise ValueError("every key frame already has its detection")
         self.detections[self.n_detected] = box if box is not None else (np.nan,) * 4
@@ -518,7 +541,7 @@ class BoxTracker:
         known = self.n_detected if self.ended and self.n_detected == len(self.keys) else max(0, self.n_detected - 1)
         for k in range(self.n_confirmed, known):
             lo = max(0, k - 1)
-            row = confirm_detections(self.detections[lo : k + 2])[k - lo]
+            row = confirm_detections(self.detections[lo : k + 2], geometry=self.geometry)[k - lo]
             self.confirmed[k] = row
             if not np.isnan(row).any():
                 self.good_t.append(float(self.times[self.keys[k]]))
@@ -607,15 +630,16 @@ def _sampled_span(offset: float, step: float, size_px: int, length: int, margin:
 
 
 def warp_face(frame: np.ndarray, matrix: np.ndarray, size_px: int) -> np.ndarray:
-    """Apply ``matrix`` (from :func:`crop_matrix`) to ``frame: (H, W, 3) uint8`` → ``(size_px, size_px, 3) uint8``.
+    """Apply ``matrix`` to ``frame: (H, W, 3) uint8`` → ``(size_px, size_px, 3) uint8``.
 
-    Bilinear; pixels outside the frame replicate its border. When the transform shrinks, the frame is first
-    low-pass filtered (Gaussian, sigma ∝ 1/zoom) so the result does not alias.
+    ``matrix``: a (2, 3) similarity, from :func:`crop_matrix` or an alignment of :mod:`pipeline.align`. Bilinear;
+    pixels outside the frame replicate its border. When the transform shrinks, the frame is first low-pass
+    filtered (Gaussian, sigma ∝ 1/zoom) so the result does not alias.
 
     Only the region the output reads is filtered (plus the filter's reach): the result is bitwise that of
     filtering the whole frame, at a fraction of the cost for a face that is small in a large frame.
     """
-    zoom = float(matrix[0, 0])
+    zoom = math.hypot(float(matrix[0, 0]), float(matrix[1, 0]))  # a similarity's scale, rotated or not
     if zoom < 1.0:
         sigma = 0.5 * (1.0 / zoom - 1.0) + 1e-3
         reach = round(sigma * 3 * 2 + 1) // 2 + 2  # OpenCV's 8-bit kernel size is round(6 sigma + 1) | 1
