@@ -123,7 +123,7 @@ def finetune_fold(data: MicroTensors, fold: LosoFold, num_classes: int, model_na
         on_epoch: called as ``on_epoch(epoch, {'loss', 'accuracy'})`` with TRAINING metrics after each epoch
             (after a resume, first for every epoch already finished, so logged curves are whole).
         progress: show progress bars.
-        state_path: where the full training state is saved after every epoch; when it exists with the same
+        state_path: where the full training state is saved (see ``save_every_s``); when it exists with the same
             ``fingerprint`` (a hash of everything that shapes the run), training resumes after its last epoch
             and ends exactly as an uninterrupted run would (a finished run's state gives its final weights back
             without training). None: no saving, no resuming.

@@ -4,7 +4,7 @@ The logic is :mod:`pipeline.final`: the LOSO recipe (``finetune.recipe``, fixed 
 first seed of ``finetune.recipe.seeds``. Outputs under ``final.dir``: ``<arm>.pt`` (``model`` state dict,
 ``model_name``, ``arm``, ``seed``, ``classes``) and ``<arm>.json``, the model card that ``ma2mi predict`` reads
 (classes, input size, preprocessing, model, recipe, seed, the arm's LOSO metrics from evaluate's
-``metrics.json``, git revision and params hash of that run). The full training state is saved after every epoch
+``metrics.json``, git revision and params hash of that run). The full training state is saved every 30 s and at the end
 in ``final.cache_dir/<arm>.pt`` (outside DVC), and kept after success: a killed run resumes where it stopped, and a
 rerun that only new LOSO metrics caused (the card's input; e.g. another arm joined evaluate) restores the same
 weights instead of training again. The state is keyed by a fingerprint of everything that shapes the training (the
