@@ -170,8 +170,9 @@ def set_deterministic(enabled: bool) -> None:
 def adamw(param_groups: Iterable, **kwargs: Any) -> torch.optim.AdamW:
     """``torch.optim.AdamW`` with the fused implementation (one kernel for every parameter).
 
-    The default for-each-parameter loop cost 6 of 66 s of a demo fine-tuning stage on 2 CPU cores (the model has
-    ~200 small tensors); fused AdamW runs on CPU and CUDA since torch 2.4 and computes the same update.
+    The default for-each-parameter loop took 6 of a demo fine-tuning stage's 66 s under cProfile on 2 CPU cores
+    (the model has ~200 small tensors); fused AdamW (CPU and CUDA since torch 2.4) is the same algorithm in one
+    kernel, equal up to float rounding.
     ``kwargs`` go to ``torch.optim.AdamW`` (``lr``, ``weight_decay``).
     """
     return torch.optim.AdamW(param_groups, fused=True, **kwargs)
@@ -283,8 +284,9 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, epoc
         fingerprint: identifies the configuration (see :func:`training_fingerprint`).
         save_every_s: 0 saves the state after every epoch; more saves it after the first epoch that ends at
             least this many seconds after the previous save (or the start), and after the last epoch, so a
-            killed run loses at most about this much training. Short epochs then do not pay a save each (50 ms
-            per save: 19% of a demo fine-tuning run saved every epoch). Rank 0's clock decides for every rank.
+            killed run loses at most about this much training. Short epochs then do not pay a save each (~50 ms
+            per save: 19% of a demo fine-tuning stage under cProfile when it saved every epoch). Rank 0's clock
+            decides for every rank.
         on_epoch: called with ``(epoch, metrics)`` after each epoch; after a resume, first for every epoch
             already finished, so logged curves are whole. Under DDP, pass it on rank 0 only.
         desc: names the run in progress bars and log lines.

@@ -181,3 +181,23 @@ def test_batches_without_the_flow_hold_the_same_frames(setup):
     for a, b in zip(batches[True], batches[False], strict=True):
         for key in ("onset", "apex", "label"):
             assert torch.equal(a[key], b[key]), key
+
+
+def test_a_fold_run_trains_on_one_thread(monkeypatch, tmp_path):
+    """A fold stage's run trains on ONE thread whatever the device resolution does (on CPU it hands torch every
+    core): two runs of two threads each on a 2-core machine ran 10x slower, and results depend on the threads."""
+    import pipeline.fold_run as fold_run
+    from tests.conftest import REPO
+
+    seen = {}
+    monkeypatch.setattr(fold_run, "fold_inputs", lambda params, arm, fold: fold_run.FoldInputs(
+        pd.DataFrame(), [], None, None, None, ""))
+    monkeypatch.setattr(fold_run, "finetune_seed", lambda *args: seen.setdefault("threads", torch.get_num_threads()))
+    params = load_params(REPO / "params.yaml")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        fold_run.train_run(params, "scratch", 0, 0, None, tmp_path, tmp_path / "state.pt")
+    finally:
+        torch.set_num_threads(threads)
+    assert seen["threads"] == 1
