@@ -212,8 +212,8 @@ run_stage(finetune_flow, arm="ma2mi", fold=1, params_path="{params}")
 
 @pytest.mark.slow
 def test_a_fold_stage_gives_the_same_predictions_whatever_the_number_of_workers(shrunk_project, tmp_path):
-    """The fixture's `dvc repro` ran every fold on `pipeline.local_prefect`'s cluster (one worker per core); one
-    single-threaded local worker gives the same predictions and weights, bit for bit."""
+    """The fixture's `dvc repro` ran every fold on a local cluster of one worker per core; one single-threaded
+    worker gives the same predictions and weights, bit for bit."""
     import sys
 
     import torch
