@@ -109,3 +109,16 @@ def shrunk_project(tmp_path_factory, repo) -> tuple[Path, dict]:
     # differed when a long-lived worker of `pipeline.local_prefect`'s shared cluster wrote them)
     _checked(["dvc", "repro"], work, env)
     return work, env
+
+
+def sigkill_leaves_none_behind(process, children, what: str, timeout_s: float = 60) -> None:
+    """SIGKILL ``process`` (a ``subprocess.Popen``) and assert that every one of ``children`` (psutil processes)
+    is gone within ``timeout_s``; the message names ``what`` was killed and the survivors' command lines."""
+    import signal
+
+    import psutil
+
+    process.send_signal(signal.SIGKILL)
+    process.wait(30)
+    _, alive = psutil.wait_procs(children, timeout=timeout_s)
+    assert not alive, f"still running after the {what} was killed: {[p.cmdline() for p in alive]}"

@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -41,6 +40,7 @@ from pipeline.video import (
     smooth_box_track,
     warp_face,
 )
+from tests.conftest import sigkill_leaves_none_behind
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -439,10 +439,7 @@ def test_a_killed_ingest_resumes_to_the_outputs_of_an_uninterrupted_one(tmp_path
             assert stage.poll() is None, stage.stdout.read()[-3000:]
             time.sleep(0.1)
         assert 3 <= len(done) < len(many), "kill it mid-way"
-        stage.send_signal(signal.SIGKILL)
-        stage.wait(30)
-        _, alive = psutil.wait_procs(children, timeout=60)
-        assert not alive, f"still running after the stage was killed: {[p.cmdline() for p in alive]}"
+        sigkill_leaves_none_behind(stage, children, "stage")
     finally:
         if stage.poll() is None:
             stage.kill()

@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from tests.conftest import sigkill_leaves_none_behind
+
 SCRIPT = """
 {first}
 import logging
@@ -95,7 +97,6 @@ def test_a_command_runs_against_a_local_server_and_cluster_that_are_stopped_afte
 
 def test_a_killed_local_runtime_leaves_no_server_or_worker_behind(tmp_path):
     """SIGKILL of `python -m pipeline.local_prefect` takes its Prefect server and Dask processes along."""
-    import signal
 
     import psutil
 
@@ -112,10 +113,7 @@ def test_a_killed_local_runtime_leaves_no_server_or_worker_behind(tmp_path):
         helpers = [p for p in children if p not in command]
         names = " ".join(" ".join(p.cmdline()) for p in helpers)
         assert "prefect" in names and "dask_scheduler" in names and "dask_worker" in names, names
-        runtime.send_signal(signal.SIGKILL)
-        runtime.wait(30)
-        _, alive = psutil.wait_procs(helpers, timeout=60)
-        assert not alive, f"still running after the runtime was killed: {[p.cmdline() for p in alive]}"
+        sigkill_leaves_none_behind(runtime, helpers, "runtime")
     finally:
         if runtime.poll() is None:
             for child in psutil.Process(runtime.pid).children(recursive=True):
@@ -142,7 +140,6 @@ run_stage(sleeper)
 
 def test_a_killed_stage_leaves_no_process_behind(tmp_path):
     """SIGKILL of a stage process (what a killed `dvc repro` or an OOM kill does) takes its Prefect server along."""
-    import signal
 
     import psutil
 
@@ -156,10 +153,7 @@ def test_a_killed_stage_leaves_no_process_behind(tmp_path):
                 break
         children = psutil.Process(stage.pid).children(recursive=True)
         assert children, "the stage runs its flow against a server of its own"
-        stage.send_signal(signal.SIGKILL)
-        stage.wait(30)
-        _, alive = psutil.wait_procs(children, timeout=30)
-        assert not alive, f"still running after the stage was killed: {[p.cmdline() for p in alive]}"
+        sigkill_leaves_none_behind(stage, children, "stage", timeout_s=30)
     finally:
         if stage.poll() is None:
             stage.kill()
