@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
+import multiprocessing
 from pathlib import Path
 
 import cv2
@@ -83,6 +85,23 @@ def test_same_seed_same_files_other_seed_other_frames(params, tmp_path):
     c = render_demo(shrink(params, seed=params.seed + 1), tmp_path / "c" / "micro", tmp_path / "c" / "macro",
                     progress=False)
     assert not a.equals(c) and _tree_digest(tmp_path / "c") != digest_a
+
+
+def _in_processes_last_first(items):
+    """Run the render items in 2 other processes, submitted in reverse order (results yielded in order)."""
+    with concurrent.futures.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(fn, *args) for fn, args in reversed(items)][::-1]
+        yield from (future.result() for future in futures)
+
+
+def test_rendering_in_other_processes_and_order_gives_the_same_files(demo, params, tmp_path):
+    """What lets stages.synthesize render subjects and identities as parallel Dask tasks."""
+    serial_truth, micro_dir, _ = demo
+    parallel = render_demo(params, tmp_path / "p" / "micro", tmp_path / "p" / "macro", progress=False,
+                           map_items=_in_processes_last_first)
+    pd.testing.assert_frame_equal(parallel, serial_truth)
+    assert _tree_digest(tmp_path / "p") == {k: v for k, v in _tree_digest(micro_dir.parent).items()
+                                             if k.startswith(("micro/", "macro/"))}
 
 
 def test_coding_sheet_has_casme2_layout_and_every_frame_exists(demo, params):

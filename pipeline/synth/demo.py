@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -65,6 +67,8 @@ __all__ = [
     "plan_macro_events",
     "plan_micro_clips",
     "render_demo",
+    "render_macro_identity",
+    "render_subject",
     "subject_identity",
     "subject_name",
 ]
@@ -395,7 +399,46 @@ def _clear_previous(micro_dir: Path, macro_dir: Path) -> None:
         old.unlink()
 
 
-def render_demo(params: SynthesizeParams, micro_dir: Path, macro_dir: Path, progress: bool = True) -> pd.DataFrame:
+def render_subject(params: SynthesizeParams, subject: int, micro_dir: Path) -> list[list]:
+    """Render micro subject ``subject`` (0-based): every clip's frames and AU masks under ``micro_dir``.
+
+    Returns its ground-truth rows (columns :data:`MICRO_COLUMNS`). Depends on nothing but ``params`` and
+    ``subject``: subjects render in any order or process with the same bytes.
+    """
+    identity = subject_identity(params, subject)
+    scene = make_scene(identity, Layout(params.face_size_px, params.face_size_px))
+    return [render_micro_clip(clip, identity, scene, params, _rng(params, subject, _STREAM_MICRO, k + 1),
+                              Path(micro_dir) / "Cropped", Path(micro_dir) / MASK_DIR)
+            for k, clip in enumerate(plan_micro_clips(params, subject))]
+
+
+def render_macro_identity(params: SynthesizeParams, index: int, macro_dir: Path) -> tuple[list[list], pd.DataFrame]:
+    """Render the macro videos of identity ``index`` (0-based) into ``macro_dir``.
+
+    Returns their ground-truth rows (columns :data:`MACRO_COLUMNS`) and landmark table. Depends on nothing but
+    ``params`` and ``index``, like :func:`render_subject`.
+    """
+    identity = macro_identity(params, index)
+    scene = make_scene(identity, Layout(MACRO_CANVAS_SCALE * params.face_size_px, params.face_size_px))
+    rows, tables = [], []
+    for m in range(params.macro_videos_per_identity):
+        name = f"demo_{macro_identity_name(index)}_m{m}"
+        video_rows, table = render_macro_video(name, identity, scene, params, _rng(params, index, _STREAM_MACRO, m),
+                                               Path(macro_dir) / f"{name}.mp4")
+        rows += video_rows
+        tables.append(table)
+    return rows, pd.concat(tables, ignore_index=True)
+
+
+RenderItem = tuple[Callable[..., Any], tuple]  # a function of this module and its arguments
+
+
+def _map_in_order(items: list[RenderItem]) -> Iterator[Any]:
+    return (fn(*args) for fn, args in items)
+
+
+def render_demo(params: SynthesizeParams, micro_dir: Path, macro_dir: Path, progress: bool = True,
+                map_items: Callable[[list[RenderItem]], Iterable[Any]] = _map_in_order) -> pd.DataFrame:
     """Render the whole demo: the micro dataset (CASME II layout) and the macro videos.
 
     Args:
@@ -403,6 +446,9 @@ def render_demo(params: SynthesizeParams, micro_dir: Path, macro_dir: Path, prog
         micro_dir: root of the micro dataset (``Cropped/``, the coding sheet, ``ground_truth.csv``).
         macro_dir: folder of the macro videos and their ``ground_truth.csv``.
         progress: show a tqdm bar (only on a terminal).
+        map_items: runs the independent render items (``(function, args)``: one per micro subject, then one per
+            macro identity) and yields their results in the items' order; by default one after the other here.
+            ``stages.synthesize`` runs them as Dask tasks; the files are the same either way.
 
     Returns:
         The micro ground truth, one row per clip, columns :data:`MICRO_COLUMNS` (also written to
@@ -414,30 +460,13 @@ def render_demo(params: SynthesizeParams, micro_dir: Path, macro_dir: Path, prog
     check_params(params)
     micro_dir, macro_dir = Path(micro_dir), Path(macro_dir)
     _clear_previous(micro_dir, macro_dir)
-    size = params.face_size_px
-    micro_layout, macro_layout = Layout(size, size), Layout(MACRO_CANVAS_SCALE * size, size)
-    n_items = (params.n_subjects * len(CLASSES) * params.clips_per_class
-               + params.macro_identities * params.macro_videos_per_identity)
-    micro_rows, macro_rows, macro_landmarks = [], [], []
-    with tqdm(total=n_items, desc="synthesize", unit="clip", disable=None if progress else True) as bar:
-        for s in range(params.n_subjects):
-            identity = subject_identity(params, s)
-            scene = make_scene(identity, micro_layout)
-            for k, clip in enumerate(plan_micro_clips(params, s)):
-                rng = _rng(params, s, _STREAM_MICRO, k + 1)
-                micro_rows.append(render_micro_clip(clip, identity, scene, params, rng, micro_dir / "Cropped",
-                                                    micro_dir / MASK_DIR))
-                bar.update()
-        for i in range(params.macro_identities):
-            identity = macro_identity(params, i)
-            scene = make_scene(identity, macro_layout)
-            for m in range(params.macro_videos_per_identity):
-                name = f"demo_{macro_identity_name(i)}_m{m}"
-                rows, landmark_table = render_macro_video(name, identity, scene, params,
-                                                          _rng(params, i, _STREAM_MACRO, m), macro_dir / f"{name}.mp4")
-                macro_rows += rows
-                macro_landmarks.append(landmark_table)
-                bar.update()
+    items: list[RenderItem] = [(render_subject, (params, s, micro_dir)) for s in range(params.n_subjects)]
+    items += [(render_macro_identity, (params, i, macro_dir)) for i in range(params.macro_identities)]
+    results = list(tqdm(map_items(items), total=len(items), desc="synthesize", unit="identity",
+                        disable=None if progress else True))
+    micro_rows = [row for rows in results[:params.n_subjects] for row in rows]
+    macro_rows = [row for rows, _ in results[params.n_subjects:] for row in rows]
+    macro_landmarks = [table for _, table in results[params.n_subjects:]]
     truth = pd.DataFrame(micro_rows, columns=MICRO_COLUMNS).sort_values(["subject", "clip"], ignore_index=True)
     write_coding_sheet(coding_sheet_rows(truth), micro_dir / CODING_SHEET)
     write_csv(truth, micro_dir / "ground_truth.csv")
