@@ -10,8 +10,8 @@ from its last ``samples`` flow to the ``report`` flow after it:
    between the end of the previous flow and the start of theirs (process start-up, imports, DVC's hashing and
    lock updates: everything outside a flow).
 2. The training runs of the fold stages (the Prefect task runs that log ``N training clips``), grouped by arm and
-   training-set size: their count and durations (first to last log line of the run: from its first epoch to
-   its result, so a run's input loading is left out).
+   training-set size: their count and durations (first to last log line of the run: from the end of its first
+   epoch to its result, so a run's input loading and first epoch are left out: the floor below is a lower bound).
 3. A floor for this demo's params on this machine: the other stages' flow time as measured, plus the fold
    stages' training runs as if ``--workers`` ran them back to back with no gap (sum of run durations / workers),
    plus nothing between stages. A run's duration is taken as measured while another ran beside it.
