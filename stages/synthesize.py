@@ -17,6 +17,7 @@ from pipeline.config import load_params
 from pipeline.io import atomic_dir
 from pipeline.orchestration import dask_task_runner, enter_workdir, flow, get_run_logger, run_stage, stage_task
 from pipeline.synth import render_demo
+from pipeline.synth.demo import RenderItem
 
 
 @stage_task(name="synthesize-identity")
@@ -32,7 +33,7 @@ def synthesize_flow(params_path: str = "params.yaml") -> dict[str, int]:
     params = load_params(params_path)
     macro_root = params.macro.sources["demo"].root
     with atomic_dir(params.paths.demo_micro_dir) as micro, atomic_dir(macro_root) as macro:
-        def on_dask(items: list[tuple[Callable[..., Any], tuple]]) -> Iterator[Any]:
+        def on_dask(items: list[RenderItem]) -> Iterator[Any]:
             with dask_task_runner(0, None, len(items)) as runner:
                 futures = [runner.submit(render_item.with_options(task_run_name=f"{fn.__name__} {args[1]}"),
                                          {"fn": fn, "args": args, "workdir": os.getcwd()}) for fn, args in items]

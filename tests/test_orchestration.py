@@ -97,7 +97,6 @@ def test_a_command_runs_against_a_local_server_and_cluster_that_are_stopped_afte
 
 def test_a_killed_local_runtime_leaves_no_server_or_worker_behind(tmp_path):
     """SIGKILL of `python -m pipeline.local_prefect` takes its Prefect server and Dask processes along."""
-
     import psutil
 
     runtime = subprocess.Popen([sys.executable, "-m", "pipeline.local_prefect", "--home", str(tmp_path / "prefect"),

@@ -58,6 +58,7 @@ __all__ = [
     "MASK_DIR",
     "MacroEvent",
     "MicroClip",
+    "RenderItem",
     "apex_offsets",
     "au_mask",
     "check_params",
