@@ -1,0 +1,1 @@
+"""Developer commands that maintain the project's files (run from the repository root)."""
