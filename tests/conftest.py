@@ -65,7 +65,7 @@ def shrink(raw: dict) -> dict:
     return raw
 
 
-PROJECT_FILES = ["pipeline", "stages", "dvc.yaml", ".gitignore"]
+PROJECT_FILES = ["pipeline", "stages", "dvc.yaml", ".gitignore", ".dvcignore"]
 GIT_IDENTITY = {"GIT_AUTHOR_NAME": "tests", "GIT_AUTHOR_EMAIL": "tests@localhost", "GIT_COMMITTER_NAME": "tests",
                 "GIT_COMMITTER_EMAIL": "tests@localhost"}
 
