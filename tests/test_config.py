@@ -93,9 +93,9 @@ def _readme_experiment(repo, tmp_path, name: str):
 
     from dvc.utils.hydra import apply_overrides
 
-    readme = (repo / "README.md").read_text()
+    readme = (repo / "docs" / "models.md").read_text()
     command = re.search(rf"^dvc exp run -n {name}(?:.*\\\n)*.*$", readme, re.M)  # with its continued lines
-    assert command, f"README: the {name} command is missing"
+    assert command, f"docs/models.md: the {name} command is missing"
     tokens = shlex.split(command.group(0).replace("\\\n", " "))
     overrides = [tokens[i + 1] for i, token in enumerate(tokens) if token == "-S"]
     path = tmp_path / "params.yaml"
