@@ -12,6 +12,10 @@ Likewise, unless ``DASK_SCHEDULER_ADDRESS`` is set (or ``--dask-workers 0``), it
 address in ``DASK_SCHEDULER_ADDRESS``: the stages whose tasks run on Dask (``ingest_macro``, ``finetune_*``) use
 it instead of each starting a cluster whose workers import torch again (~9 s per stage on 2 cores). Both are
 tied to this process: they die with it, also when it is SIGKILLed.
+
+Every server and worker it starts listens on 127.0.0.1 only: the Prefect server, the Dask scheduler and its HTTP
+server, the workers, their nannies and their HTTP servers (a Dask worker runs any function sent to it,
+unauthenticated).
 """
 
 from __future__ import annotations
@@ -32,10 +36,11 @@ from pathlib import Path
 import httpx
 import yaml
 
-__all__ = ["DASK_WORKER_CONFIG", "free_port", "local_dask_cluster", "local_server", "wait_for_api"]
+__all__ = ["DASK_WORKER_CONFIG", "LOOPBACK", "free_port", "local_dask_cluster", "local_server", "wait_for_api"]
 
 DEFAULT_HOME = Path(".cache/prefect")
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+LOOPBACK = "127.0.0.1"  # the only interface the servers and workers started here listen on
 # Dask's nannies set MALLOC_TRIM_THRESHOLD_=65536 in their workers (to hand freed memory back to the OS). Any
 # explicit value turns glibc's adaptive mmap threshold off: every tensor over 128 KiB is then mmap'ed and unmapped,
 # and a fine-tuning run took 14.8 s instead of 8.3 s (system time 5.3 s instead of 0.7 s) on 2 CPU cores. Unset
@@ -46,7 +51,7 @@ DASK_WORKER_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD
 def free_port() -> int:
     """A TCP port that is free on 127.0.0.1 right now."""
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((LOOPBACK, 0))
         return sock.getsockname()[1]
 
 
@@ -133,7 +138,10 @@ def _stop(process: subprocess.Popen, timeout_s: float = 20) -> None:
 @contextlib.contextmanager
 def local_dask_cluster(n_workers: int, log_path: Path, env: dict[str, str] | None = None,
                        timeout_s: float = 120) -> Iterator[str]:
-    """``dask scheduler`` on 127.0.0.1 and ``dask worker`` with ``n_workers`` single-threaded processes.
+    """``dask scheduler`` and ``dask worker`` with ``n_workers`` single-threaded processes, all on 127.0.0.1.
+
+    The scheduler's comm and HTTP servers (which run even with ``--no-dashboard``), the workers', the nannies'
+    and their HTTP servers listen on :data:`LOOPBACK` only.
 
     Yields the scheduler's address once every worker has joined; stops both on exit. Their output goes to
     ``log_path``; ``env`` is the workers' environment (e.g. with ``PREFECT_API_URL``). Each is tied to this
@@ -145,7 +153,7 @@ def local_dask_cluster(n_workers: int, log_path: Path, env: dict[str, str] | Non
     from distributed import Client
 
     port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
+    address = f"tcp://{LOOPBACK}:{port}"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     config = log_path.with_name("dask-config.yaml")  # DASK_WORKER_CONFIG as YAML, for the dask CLIs
     nested: dict = {}
@@ -158,10 +166,11 @@ def local_dask_cluster(n_workers: int, log_path: Path, env: dict[str, str] | Non
     config.write_text(yaml.safe_dump(nested))
     env = {**(env or os.environ), "DASK_LOGGING__DISTRIBUTED": "warning", "DASK_CONFIG": str(config.resolve())}
     env.pop("DASK_SCHEDULER_ADDRESS", None)
-    commands = [[sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(port),
-                 "--no-dashboard"],
-                [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nworkers", str(n_workers),
-                 "--nthreads", "1", "--no-dashboard"]]
+    http = f"{LOOPBACK}:0"  # each HTTP server: loopback, a free port (Dask's default is 0.0.0.0, the scheduler's 8787)
+    commands = [[sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", LOOPBACK, "--port", str(port),
+                 "--no-dashboard", "--dashboard-address", http],
+                [sys.executable, "-m", "distributed.cli.dask_worker", address, "--host", LOOPBACK, "--nworkers",
+                 str(n_workers), "--nthreads", "1", "--no-dashboard", "--dashboard-address", http]]
     processes: list[subprocess.Popen] = []
     try:
         with open(log_path, "ab") as log:
