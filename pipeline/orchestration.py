@@ -24,7 +24,7 @@ from prefect.events.worker import EventsWorker
 from prefect.logging.handlers import APILogWorker
 from prefect.settings import PREFECT_API_URL, PREFECT_HOME, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
 
-from pipeline.local_prefect import DASK_WORKER_CONFIG, LOOPBACK, local_server
+from pipeline.local_prefect import DASK_WORKER_CONFIG, LOOPBACK, die_with_parent, local_server
 
 __all__ = ["NO_CACHE", "dask_task_runner", "drain_to_server", "enter_workdir", "flow", "get_run_logger",
            "route_library_logs", "run_stage", "stage_task", "task"]
@@ -110,9 +110,11 @@ def drain_to_server(timeout_s: float = 30.0) -> None:
 def run_stage(stage_flow: Callable[..., Any], **kwargs: Any) -> Any:
     """Run ``stage_flow(**kwargs)`` as a stage's ``main()``.
 
-    Routes the library's logs into the run (:func:`route_library_logs`), turns Prefect's server analytics off
-    unless the user set ``PREFECT_SERVER_ANALYTICS_ENABLED`` (it also races the SQLite database), and exits
-    non-zero on failure with the error message on stderr (DVC then marks the stage failed).
+    Ties this process to the one that started it (:func:`pipeline.local_prefect.die_with_parent`: a killed
+    ``dvc`` takes its stage along), routes the library's logs into the run (:func:`route_library_logs`), turns
+    Prefect's server analytics off unless the user set ``PREFECT_SERVER_ANALYTICS_ENABLED`` (it also races the
+    SQLite database), and exits non-zero on failure with the error message on stderr (DVC then marks the stage
+    failed).
 
     Without ``PREFECT_API_URL`` the stage starts its own local server (:func:`pipeline.local_prefect.
     local_server`, database under ``PREFECT_HOME`` as Prefect's ephemeral API would use) instead of Prefect's
@@ -125,6 +127,7 @@ def run_stage(stage_flow: Callable[..., Any], **kwargs: Any) -> Any:
     Raises:
         SystemExit: the flow raised; the exit status is 1.
     """
+    die_with_parent()
     route_library_logs()
     updates = {} if "PREFECT_SERVER_ANALYTICS_ENABLED" in os.environ else {PREFECT_SERVER_ANALYTICS_ENABLED: False}
     try:
