@@ -1,12 +1,19 @@
 """Crash-safe file output and small encoding helpers.
 
-Every artifact is written to a temporary file beside its destination and renamed into place, so a run that is
-killed leaves either the old file or the new one, never a half-written one.
+Every artifact is written to a temporary file or folder beside its destination (``.<name>.partial-*``) and renamed
+into place, so a run that is killed or fails leaves either the old output or the new one at the destination, never
+a half-written one; what a killed run leaves beside it is named ``.<name>.partial-*``, ``.<name>.old-*`` or
+``.<name>.lock``. A folder output (:func:`atomic_dir`) is written under a lock on its destination: a second writer
+of the same destination fails at once (:class:`DestinationBusyError`) instead of deleting the first one's work, and
+only the leftovers of dead writers are ever removed. A disk error without a file name (``ENOSPC``: disk full) is
+re-raised naming the destination.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import io
 import json
@@ -23,11 +30,13 @@ import pandas as pd
 from PIL import Image
 
 __all__ = [
+    "DestinationBusyError",
     "atomic_dir",
     "atomic_path",
     "decode_array",
     "decode_jpeg",
     "decode_png",
+    "destination_lock",
     "encode_array",
     "encode_jpeg",
     "encode_png",
@@ -36,36 +45,108 @@ __all__ = [
     "write_parquet",
 ]
 
+# errnos of a failing disk or file system: an OSError with one of these and no file name gets the destination's
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS})
+
+
+class DestinationBusyError(RuntimeError):
+    """Another live process is writing the same output destination (it holds ``.<name>.lock``)."""
+
+
+@contextlib.contextmanager
+def _naming_destination(destination: Path) -> Iterator[None]:
+    """Re-raise a disk error (:data:`STORAGE_ERRNOS`) that names no file as one naming ``destination``.
+
+    The errno and the type are kept, the original is chained: ``OSError: [Errno 28] No space left on device:
+    'results/x.json'`` instead of a bare ``[Errno 28] No space left on device``.
+    """
+    try:
+        yield
+    except OSError as err:
+        if err.filename is not None or err.errno not in STORAGE_ERRNOS:
+            raise
+        raise type(err)(err.errno, err.strerror or os.strerror(err.errno), str(destination)) from err
+
+
+@contextlib.contextmanager
+def destination_lock(destination: str | Path) -> Iterator[Path]:
+    """Hold an exclusive lock on ``destination`` (``flock`` of ``.<name>.lock`` beside it) for the block.
+
+    The lock file holds the owner's PID while the block runs and is removed on exit; one left by a killed process
+    is harmless (the kernel dropped its lock) and is removed by the next holder. Yields the lock file's path.
+
+    Raises:
+        DestinationBusyError: another process holds the lock (the message names the destination and its PID).
+    """
+    destination = Path(destination)
+    lock_path = destination.parent / f".{destination.name}.lock"
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise DestinationBusyError(f"{destination} is being written by another process (PID {holder}, lock "
+                                       f"{lock_path}): wait for it to finish or stop it, then rerun") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:  # the file we locked may have been removed by its previous holder in the meantime: then lock anew
+            same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield lock_path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            lock_path.unlink()  # still ours: unlinked before the lock is released
+        os.close(fd)
+
 
 @contextlib.contextmanager
 def atomic_path(destination: str | Path) -> Iterator[Path]:
     """Yield a temporary path in ``destination``'s folder; rename it onto ``destination`` on success.
 
-    The parent folder is created. On an exception the temporary file is removed and ``destination`` is left
-    untouched.
+    The temporary file is ``.<name>.partial-*.tmp``; the parent folder is created. On an exception the temporary
+    file is removed and ``destination`` is left untouched.
+
+    Raises:
+        OSError: a disk error (e.g. ``ENOSPC``) names ``destination`` if the original named no file.
     """
     destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    tmp.chmod(0o644)  # mkstemp creates 0600; artifacts are ordinary readable files
-    try:
-        yield tmp
-        os.replace(tmp, destination)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with _naming_destination(destination):
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{destination.name}.partial-", suffix=".tmp",
+                                        dir=destination.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            tmp.chmod(0o644)  # mkstemp creates 0600; artifacts are ordinary readable files
+            yield tmp
+            os.replace(tmp, destination)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def _recover(destination: Path) -> None:
-    """Finish or undo what a killed :func:`atomic_dir` left beside ``destination``.
+    """Finish or undo what a killed :func:`atomic_dir` left beside ``destination``; call with its lock held.
 
-    A ``.<name>.partial-*`` folder is never complete: it is removed. A ``.<name>.old-*`` folder is the previous
+    Under the lock no live process writes ``destination``, so what is there is a dead writer's. A
+    ``.<name>.partial-*`` folder is never complete: it is removed. A ``.<name>.old-*`` folder is the previous
     output moved aside: it is put back when ``destination`` is missing (the kill came before the new folder was
     renamed in), else removed (the new folder is in place).
     """
     for stale in destination.parent.glob(f".{destination.name}.partial-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
     for old in sorted(destination.parent.glob(f".{destination.name}.old-*")):
         if not destination.exists():
             os.replace(old, destination)
@@ -77,29 +158,36 @@ def _recover(destination: Path) -> None:
 def atomic_dir(destination: str | Path) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``destination``; on success replace ``destination`` with it.
 
-    The replacement never leaves a partial folder in place: the old ``destination`` is renamed aside
-    (``.<name>.old-*``), the new folder renamed in, then the old one deleted. A run killed at any point leaves
-    either the old folder or the new one at ``destination`` (for the instant between the two renames, the old one
-    under its ``.old-*`` name, which the next :func:`atomic_dir` on the same destination puts back), plus at worst
-    a stale ``.<name>.partial-*`` folder that the next run removes. A failed run (an exception in the block)
-    leaves ``destination`` as it was.
+    The whole block runs under :func:`destination_lock`: a second writer of the same destination fails at once,
+    so the first one's folder is never removed while it is written. The replacement never leaves a partial folder
+    in place: the old ``destination`` is renamed aside (``.<name>.old-*``), the new folder renamed in, then the old
+    one deleted. A run killed at any point leaves either the old folder or the new one at ``destination`` (for the
+    instant between the two renames, the old one under its ``.old-*`` name, which the next :func:`atomic_dir` on
+    the same destination puts back), plus at worst a stale ``.<name>.partial-*`` folder and ``.<name>.lock`` file
+    that the next run removes. A failed run (an exception in the block) leaves ``destination`` as it was.
+
+    Raises:
+        DestinationBusyError: another live process is writing ``destination``.
+        OSError: a disk error (e.g. ``ENOSPC``) names ``destination`` if the original named no file.
     """
     destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    _recover(destination)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{destination.name}.partial-", dir=destination.parent))
-    tmp.chmod(0o755)  # mkdtemp creates 0700
-    try:
-        yield tmp
-        old = None
-        if destination.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{destination.name}.old-", dir=destination.parent))
-            os.replace(destination, old)  # a rename: the old output stays whole, under another name
-        os.replace(tmp, destination)
-        if old is not None:
-            shutil.rmtree(old)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with _naming_destination(destination):
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        with destination_lock(destination):
+            _recover(destination)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{destination.name}.partial-", dir=destination.parent))
+            try:
+                tmp.chmod(0o755)  # mkdtemp creates 0700
+                yield tmp
+                old = None
+                if destination.exists():
+                    old = Path(tempfile.mkdtemp(prefix=f".{destination.name}.old-", dir=destination.parent))
+                    os.replace(destination, old)  # a rename: the old output stays whole, under another name
+                os.replace(tmp, destination)
+                if old is not None:
+                    shutil.rmtree(old)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_parquet(frame: pd.DataFrame, destination: str | Path) -> None:

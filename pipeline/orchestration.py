@@ -24,7 +24,7 @@ from prefect.events.worker import EventsWorker
 from prefect.logging.handlers import APILogWorker
 from prefect.settings import PREFECT_API_URL, PREFECT_HOME, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
 
-from pipeline.local_prefect import DASK_WORKER_CONFIG, local_server
+from pipeline.local_prefect import DASK_WORKER_CONFIG, LOOPBACK, die_with_parent, local_server
 
 __all__ = ["NO_CACHE", "dask_task_runner", "drain_to_server", "enter_workdir", "flow", "get_run_logger",
            "route_library_logs", "run_stage", "stage_task", "task"]
@@ -45,7 +45,9 @@ def dask_task_runner(workers: int, cluster: str | None, n_tasks: int):
     variable ``DASK_SCHEDULER_ADDRESS``: ``python -m pipeline.local_prefect`` starts one cluster for a whole
     ``dvc repro``, so its workers import torch once, not once per stage); else a local cluster of ``workers``
     single-threaded processes (0 = one per core), never more than ``n_tasks``, whose nannies leave glibc's malloc
-    tuning alone (:data:`pipeline.local_prefect.DASK_WORKER_CONFIG`: Dask's default made training 78% slower).
+    tuning alone (:data:`pipeline.local_prefect.DASK_WORKER_CONFIG`: Dask's default made training 78% slower),
+    and whose scheduler, workers, nannies and HTTP servers listen on 127.0.0.1 only (a Dask worker runs any function
+    sent to it, unauthenticated; Dask's default dashboard address is 0.0.0.0).
 
     Always worker processes, also for one: a task then runs the same way (one thread, its own process) whatever
     the number of workers, so its result does not depend on it; and measured, a stage whose CPU-bound tasks ran
@@ -63,7 +65,7 @@ def dask_task_runner(workers: int, cluster: str | None, n_tasks: int):
         return DaskTaskRunner(address=address)
     n_workers = max(1, min(workers or len(os.sched_getaffinity(0)), n_tasks))
     return DaskTaskRunner(cluster_kwargs={"n_workers": n_workers, "threads_per_worker": 1, "processes": True,
-                                          "dashboard_address": ":0"})
+                                          "host": LOOPBACK, "dashboard_address": f"{LOOPBACK}:0"})
 
 
 def enter_workdir(workdir: str) -> None:
@@ -108,9 +110,11 @@ def drain_to_server(timeout_s: float = 30.0) -> None:
 def run_stage(stage_flow: Callable[..., Any], **kwargs: Any) -> Any:
     """Run ``stage_flow(**kwargs)`` as a stage's ``main()``.
 
-    Routes the library's logs into the run (:func:`route_library_logs`), turns Prefect's server analytics off
-    unless the user set ``PREFECT_SERVER_ANALYTICS_ENABLED`` (it also races the SQLite database), and exits
-    non-zero on failure with the error message on stderr (DVC then marks the stage failed).
+    Ties this process to the one that started it (:func:`pipeline.local_prefect.die_with_parent`: a killed
+    ``dvc`` takes its stage along), routes the library's logs into the run (:func:`route_library_logs`), turns
+    Prefect's server analytics off unless the user set ``PREFECT_SERVER_ANALYTICS_ENABLED`` (it also races the
+    SQLite database), and exits non-zero on failure with the error message on stderr (DVC then marks the stage
+    failed).
 
     Without ``PREFECT_API_URL`` the stage starts its own local server (:func:`pipeline.local_prefect.
     local_server`, database under ``PREFECT_HOME`` as Prefect's ephemeral API would use) instead of Prefect's
@@ -123,6 +127,7 @@ def run_stage(stage_flow: Callable[..., Any], **kwargs: Any) -> Any:
     Raises:
         SystemExit: the flow raised; the exit status is 1.
     """
+    die_with_parent()
     route_library_logs()
     updates = {} if "PREFECT_SERVER_ANALYTICS_ENABLED" in os.environ else {PREFECT_SERVER_ANALYTICS_ENABLED: False}
     try:
