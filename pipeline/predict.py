@@ -56,7 +56,7 @@ from pipeline.ingest_micro import align_clip
 from pipeline.io import encode_array, encode_png
 from pipeline.micro_data import MicroTensors
 from pipeline.models.checkpoint import check_state_fits
-from pipeline.models.registry import create_model
+from pipeline.models.registry import MODELS, create_model
 
 __all__ = ["NoFaceError", "NotAModelCardError", "Prediction", "Predictor", "card_path", "load_model"]
 
@@ -86,7 +86,7 @@ class _Input(_Strict):
 
 
 class _Model(_Strict):
-    name: str
+    name: Literal[tuple(MODELS)]
     params: dict
 
 
@@ -237,8 +237,7 @@ def load_model(card: str | Path, device: str | torch.device = "cpu") -> Predicto
     try:
         checked = _Card.model_validate(raw)
     except pydantic.ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}" for e in err.errors())
-        raise NotAModelCardError(f"{path}: not a usable model card: {problems}") from err
+        raise NotAModelCardError(f"{path}: not a usable model card: {_problems(err)}") from err
     weights = path.parent / checked.weights
     if not weights.is_file():
         raise NotAModelCardError(f"{path}: its weights {weights} are missing (dvc pull or dvc repro final_"
@@ -251,13 +250,25 @@ def load_model(card: str | Path, device: str | torch.device = "cpu") -> Predicto
                                      f"{checked.arm})")
     try:
         params = ModelParams.model_validate(checked.model.params)
+    except pydantic.ValidationError as err:
+        raise NotAModelCardError(f"{path}: not a usable model card: {_problems(err, 'model.params.')}") from err
+    try:
         model = create_model(checked.model.name, len(checked.classes), params)
         check_state_fits(model.state_dict(), state["model"], str(weights))
         model.load_state_dict(state["model"])
         device = torch.device(device)
         return Predictor(raw, model.to(device), device)
-    except ValueError as err:  # also pydantic's ValidationError and ConfigError (an unknown detector)
+    except ValueError as err:  # the model refuses its params (e.g. MMNet not at 224 px), or the weights do not fit
         raise NotAModelCardError(f"{path} (weights {weights}): {_one_line(err)}") from err
+
+
+def _problems(err: pydantic.ValidationError, prefix: str = "") -> str:
+    """Every problem of ``err`` on one line, each with its key path (``preprocessing.detector: Field required``)."""
+    def got(error: dict) -> str:
+        scalar = isinstance(error.get("input"), str | int | float | bool) and error["type"] != "missing"
+        return f" (got {error['input']!r})" if scalar else ""
+
+    return "; ".join(f"{prefix}{'.'.join(map(str, e['loc']))}: {e['msg']}{got(e)}" for e in err.errors())
 
 
 def _read_weights(weights: Path) -> dict:

@@ -169,9 +169,20 @@ def test_an_unknown_model_name_is_a_one_line_error(demo, tmp_path, capsys):
     models, card = _copy_model(demo, tmp_path)
     card["model"]["name"] = "resnet50"
     (models / "scratch.json").write_text(json.dumps(card))
+    state = torch.load(models / "scratch.pt", map_location="cpu", weights_only=True)
+    torch.save({**state, "model_name": "resnet50"}, models / "scratch.pt")  # the two files agree
     status, _, err = _run(_predict_args(demo, models, tmp_path), capsys)
     line = _one_error_line(err)
-    assert status == 2 and "resnet50" in line and "miacnet" in line and str(models / "scratch.json") in line
+    assert status == 2 and str(models / "scratch.json") in line and "model.name" in line
+    assert "'resnet50'" in line and "'miacnet'" in line and "'ststnet'" in line  # what it is, what is known
+
+
+def test_bad_model_params_in_a_card_name_the_key(demo, tmp_path, capsys):
+    models, card = _copy_model(demo, tmp_path)
+    card["model"]["params"]["stem_channels"] = "many"
+    (models / "scratch.json").write_text(json.dumps(card))
+    status, _, err = _run(_predict_args(demo, models, tmp_path), capsys)
+    assert status == 2 and "model.params.stem_channels" in _one_error_line(err)
 
 
 def test_a_batch_reports_every_good_row_and_each_bad_cell(demo, tmp_path, capsys):
