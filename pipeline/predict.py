@@ -35,6 +35,7 @@ Usage (after ``dvc repro``; frames are ``(H, W, 3) uint8 RGB``, e.g. from :func:
 from __future__ import annotations
 
 import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -276,11 +277,15 @@ def _read_weights(weights: Path) -> dict:
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "weights only" in str(err).lower():
+        refused = re.search(r"Unsupported global: (?:GLOBAL )?(\S+)", str(err))
+        if refused:  # torch's message suggests weights_only=False: not for a file from elsewhere
             raise NotAModelCardError(
-                f"{weights}: refused: it holds objects other than tensors and plain containers, which could run "
-                f"code while it is read (torch.load weights_only=True; {_one_line(err)})") from err
-        raise NotAModelCardError(f"{weights}: not a readable checkpoint ({_one_line(err)})") from err
+                f"{weights}: refused: it holds the Python object {refused.group(1).rstrip('.')}, not only tensors "
+                "and plain containers, and could run code while it is read (torch.load weights_only=True); use "
+                "only weights that a final_<arm> stage wrote") from err
+        detail = re.search(r"WeightsUnpickler error:\s*(\S.*)", str(err))
+        raise NotAModelCardError(f"{weights}: not a readable checkpoint (damaged, or not written by torch.save: "
+                                 f"{detail.group(1) if detail else _one_line(err)})") from err
     except Exception as err:  # untrusted bytes: torch raises RuntimeError, EOFError, ValueError, ...
         raise NotAModelCardError(f"{weights}: not a readable checkpoint ({type(err).__name__}: "
                                  f"{_one_line(err)})") from err

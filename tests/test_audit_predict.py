@@ -147,7 +147,9 @@ def test_a_corrupt_checkpoint_is_a_one_line_error(demo, tmp_path, capsys, damage
     else:
         torch.save([1, 2, 3], weights)
     status, out, err = _run(_predict_args(demo, models, tmp_path), capsys)
-    assert status == 2 and out == "" and str(weights) in _one_error_line(err)
+    line = _one_error_line(err)
+    assert status == 2 and out == "" and str(weights) in line and "refused" not in line
+    assert ("not a final model's checkpoint" if damage == "not a dict" else "not a readable checkpoint") in line
 
 
 @pytest.mark.parametrize(("key", "expected"), [("classes", "classes"), ("preprocessing.detector", "detector"),
