@@ -172,7 +172,7 @@ def _write_png(image: np.ndarray, png: Path, overwrite: bool) -> None:
         with atomic_path(png) as tmp:
             Image.fromarray(image).save(tmp, format="PNG")
     except OSError as err:
-        raise InputError(f"{png}: cannot write the heat map ({err.strerror or err})") from err
+        raise InputError(f"{png}: cannot write the heat map ({err})") from err
 
 
 def _predict_one(predictor, clip: dict, args: argparse.Namespace, index: int | None) -> dict:
