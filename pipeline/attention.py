@@ -85,7 +85,7 @@ def load_fold_model(params: Params, arm: str, fold: int, seed: int, n_classes: i
         raise FileNotFoundError(f"{path}: missing; run `dvc repro finetune_{arm}@{fold}`")
     model_name, model_params = arm_model(params, arm)
     model = create_model(model_name, n_classes, model_params)
-    model.load_state_dict(torch.load(path, map_location="cpu")["model"])
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
     return model.eval()
 
 

@@ -228,10 +228,17 @@ def _save_state(path: Path, fingerprint: str, epoch: int, model: nn.Module, opti
 def _resume_state(path: Path, fingerprint: str, model: nn.Module, optimizer: torch.optim.Optimizer,
                   scheduler: Any, streams: Mapping[str, RandomStream],
                   device: torch.device) -> tuple[int, list[dict[str, float]]]:
-    """Restore a :func:`_save_state` file if it exists and matches; ``(first epoch to run, history)``."""
+    """Restore a :func:`_save_state` file if it exists and matches; ``(first epoch to run, history)``.
+
+    The file is read with ``torch.load(weights_only=False)``, which unpickles arbitrary objects and so can run code:
+    the random streams' states are pickled Python objects. Only ever point this at a training state that this
+    project wrote on this machine (``paths.checkpoint_dir``, ``final.cache_dir``: not tracked), never at a file
+    from elsewhere. Every checkpoint that may be shared (final models, fold models, ``encoder.pt``) is loaded with
+    ``weights_only=True`` instead.
+    """
     if not path.is_file():
         return 0, []
-    state = torch.load(path, map_location="cpu", weights_only=False)  # our own file: RNG states are pickled
+    state = torch.load(path, map_location="cpu", weights_only=False)  # our own local file: RNG states are pickled
     world = rank_info()
     if state["fingerprint"] != fingerprint:
         log.warning("%s belongs to another configuration; starting from epoch 1", path)

@@ -62,7 +62,8 @@ def fold_inputs(params: Params, arm: str, fold: int) -> FoldInputs:
         samples = read_samples(params.paths.micro_dir)
         model_name, model_params = arm_model(params, arm)
         recipe = params.finetune.recipe
-        encoder = torch.load(files[1], map_location="cpu")["encoder"] if ARMS[arm].pretrained else None
+        encoder = (torch.load(files[1], map_location="cpu", weights_only=True)["encoder"] if ARMS[arm].pretrained
+                   else None)
         # one fingerprint for every seed: each seed's state file (seed<s>.pt) names its seed
         fingerprint = training_fingerprint({"model": model_params.model_dump(mode="json"), "model_name": model_name,
                                             "arm": arm, "fold": fold,

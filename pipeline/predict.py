@@ -13,6 +13,18 @@ it; :meth:`Predictor.predict` takes a clip's onset and apex frames and does what
 4. softmax probabilities, and a heat map on the aligned onset crop (:mod:`pipeline.heatmap`): Grad-CAM of the
    predicted class on ``forward_features`` (every model), or MIACNet's action-branch attention.
 
+A model gives probabilities for any input, a face or not. With the ``haar`` and ``mtcnn`` detectors an onset
+frame without a face is refused (:class:`NoFaceError`); with ``none`` (faces cropped beforehand) nothing looked
+for one, so predict runs OpenCV's Haar face cascade on the onset frame anyway and, when it finds no face, says so
+in :attr:`Prediction.warnings` (``ma2mi predict`` prints it to stderr and in its JSON): the probabilities are then
+those of an input unlike the training faces, however confident they look. It is a warning, not an error: the
+cascade also misses some real faces (tight crops, turned heads).
+
+:func:`load_model` trusts neither file: the card is checked for every key predict reads, the weights are loaded
+with ``torch.load(weights_only=True)`` (tensors and plain containers only, so a crafted file cannot run code while
+it is read), and their own ``classes`` and ``model_name`` must be the card's: a card with its classes reordered
+would otherwise relabel every prediction.
+
 Usage (after ``dvc repro``; frames are ``(H, W, 3) uint8 RGB``, e.g. from :func:`pipeline.clips.read_clip`)::
 
     predictor = load_model("models/final/ma2mi.json")
@@ -22,14 +34,18 @@ Usage (after ``dvc repro``; frames are ``(H, W, 3) uint8 RGB``, e.g. from :func:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import pickle
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
+import pydantic
 import torch
 
-from pipeline.align import make_detector
+from pipeline.align import DETECTORS, make_detector
 from pipeline.cards import NotAModelCardError, read_card
 from pipeline.clips import InputError
 from pipeline.config import MicroParams, ModelParams
@@ -40,13 +56,50 @@ from pipeline.heatmap import HEATMAP_METHODS, model_heatmaps
 from pipeline.ingest_micro import align_clip
 from pipeline.io import encode_array, encode_png
 from pipeline.micro_data import MicroTensors
-from pipeline.models.registry import create_model
+from pipeline.models.checkpoint import check_state_fits
+from pipeline.models.registry import MODELS, create_model
 
 __all__ = ["NoFaceError", "NotAModelCardError", "Prediction", "Predictor", "card_path", "load_model"]
 
 
+NO_FACE_WARNING = ("no face found on the onset frame by OpenCV's Haar cascade (this model's detector is none, which "
+                   "looks for none): if the input is not a face like the training ones, the prediction means nothing")
+
+
 class NoFaceError(InputError):
     """The detector found no face on the clip's onset frame."""
+
+
+class _Strict(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="allow", strict=True)
+
+
+class _Preprocessing(_Strict):
+    detector: Literal[tuple(DETECTORS)]
+    box_scale: float = pydantic.Field(gt=0)
+    align_margin: float = pydantic.Field(ge=0)
+    image_size_px: int = pydantic.Field(ge=8)
+    optical_flow: Literal["tvl1", "none"]
+
+
+class _Input(_Strict):
+    model_size_px: int = pydantic.Field(ge=8)
+
+
+class _Model(_Strict):
+    name: Literal[tuple(MODELS)]
+    params: dict
+
+
+class _Card(_Strict):
+    """The keys of a model card that predict reads (the card has more; :func:`pipeline.final.model_card`)."""
+
+    arm: str
+    weights: str = pydantic.Field(pattern=r"^[^/\\]+$")  # a file beside the card
+    classes: list[str] = pydantic.Field(min_length=1)
+    preprocessing: _Preprocessing
+    input: _Input
+    model: _Model
 
 
 @dataclass(frozen=True)
@@ -59,6 +112,8 @@ class Prediction:
         heatmap: ``(S, S) float32`` in [0, 1] on the aligned onset crop (S: the card's crop size).
         aligned_onset: ``(S, S, 3) uint8 RGB``, the onset frame as the model saw it (before resizing).
         crop_matrix: ``(2, 3)`` float64, frame px -> crop px (the clip's one transform).
+        warnings: why the prediction may mean nothing, e.g. :data:`NO_FACE_WARNING` (see the module docstring);
+            empty when there is no such reason.
     """
 
     probabilities: dict[str, float]
@@ -66,6 +121,7 @@ class Prediction:
     heatmap: np.ndarray
     aligned_onset: np.ndarray
     crop_matrix: np.ndarray
+    warnings: tuple[str, ...] = field(default=())
 
 
 def card_path(models_dir: Path, arm: str) -> Path:
@@ -99,11 +155,13 @@ class Predictor:
         self.card, self.model, self.device = card, model.eval(), device
         self.classes: list[str] = list(card["classes"])
         preprocessing = card["preprocessing"]
-        # align_clip reads image_size_px, box_scale and align_margin: the card's values, unvalidated (no dataset)
+        # align_clip reads image_size_px, box_scale and align_margin: the card's values (load_model checks their types)
         self.micro = MicroParams.model_construct(**{k: preprocessing[k] for k in PREPROCESSING_KEYS})
         self.crop_size_px = int(preprocessing["image_size_px"])
         self.model_size_px = int(card["input"]["model_size_px"])
-        self.detector = make_detector(preprocessing["detector"])
+        self.detector = make_detector(preprocessing["detector"], "preprocessing.detector")
+        # detector none looks for no face: the Haar cascade checks that there is one (a warning only)
+        self.face_check = make_detector("haar") if self.detector is None else None
 
     def aligned(self, onset_frame: np.ndarray, apex_frame: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(onset crop, apex crop, matrix)``: the clip's one transform from its onset frame, as in training.
@@ -151,34 +209,94 @@ class Predictor:
         if method not in HEATMAP_METHODS:
             raise InputError(f"heat-map method {method!r}: known {', '.join(HEATMAP_METHODS)}")
         onset_crop, apex_crop, matrix = self.aligned(onset_frame, apex_frame)
+        warnings = ()
+        if self.face_check is not None and self.face_check.detect(onset_frame) is None:
+            warnings = (NO_FACE_WARNING,)
         inputs = model_inputs(self.model, self.batch(onset_crop, apex_crop))
         try:
             heatmaps, probabilities = model_heatmaps(self.model, inputs, self.crop_size_px, method)
         except ValueError as err:
             raise InputError(str(err)) from err
         probs = {name: float(p) for name, p in zip(self.classes, probabilities[0], strict=True)}
-        return Prediction(probs, self.classes[int(np.argmax(probabilities[0]))], heatmaps[0], onset_crop, matrix)
+        return Prediction(probs, self.classes[int(np.argmax(probabilities[0]))], heatmaps[0], onset_crop, matrix,
+                          warnings)
 
 
 def load_model(card: str | Path, device: str | torch.device = "cpu") -> Predictor:
     """A :class:`Predictor` from a model card and the weights its ``weights`` entry names (beside the card).
 
+    Neither file is trusted (see the module docstring): the weights are read with ``weights_only=True``.
+
     Raises:
-        NotAModelCardError: the file is not a model card, or its weights are missing or do not fit its model.
+        NotAModelCardError: the file is not a model card, lacks a key predict reads or has a bad value there
+            (the message names the key), names an unknown model; or its weights are missing, unreadable,
+            refused (objects other than tensors and plain containers), for other classes or another model than
+            the card's, or do not fit its model. The message names the file(s).
     """
     path = Path(card)
-    card = read_card(path)
-    weights = path.parent / card["weights"]
+    raw = read_card(path)
+    try:
+        checked = _Card.model_validate(raw)
+    except pydantic.ValidationError as err:
+        raise NotAModelCardError(f"{path}: not a usable model card: {_problems(err)}") from err
+    weights = path.parent / checked.weights
     if not weights.is_file():
         raise NotAModelCardError(f"{path}: its weights {weights} are missing (dvc pull or dvc repro final_"
-                                 f"{card.get('arm', '<arm>')})")
-    params = ModelParams.model_validate(card["model"]["params"])
-    model = create_model(card["model"]["name"], len(card["classes"]), params)
-    state = torch.load(weights, map_location="cpu")
+                                 f"{checked.arm})")
+    state = _read_weights(weights)
+    for key, own in (("classes", checked.classes), ("model_name", checked.model.name)):
+        if state.get(key) != own:
+            raise NotAModelCardError(f"{weights} holds {key} {state.get(key)!r} but its card {path} says {own!r}: "
+                                     "they do not belong together (regenerate the card with dvc repro final_"
+                                     f"{checked.arm})")
     try:
+        params = ModelParams.model_validate(checked.model.params)
+    except pydantic.ValidationError as err:
+        raise NotAModelCardError(f"{path}: not a usable model card: {_problems(err, 'model.params.')}") from err
+    try:
+        model = create_model(checked.model.name, len(checked.classes), params)
+        check_state_fits(model.state_dict(), state["model"], str(weights))
         model.load_state_dict(state["model"])
-    except (KeyError, RuntimeError) as err:
-        raise NotAModelCardError(f"{weights}: does not hold the weights of the card's {card['model']['name']} "
-                                 f"({type(err).__name__}: {str(err).splitlines()[0]})") from err
-    device = torch.device(device)
-    return Predictor(card, model.to(device), device)
+        device = torch.device(device)
+        return Predictor(raw, model.to(device), device)
+    except ValueError as err:  # the model refuses its params (e.g. MMNet not at 224 px), or the weights do not fit
+        raise NotAModelCardError(f"{path} (weights {weights}): {_one_line(err)}") from err
+
+
+def _problems(err: pydantic.ValidationError, prefix: str = "") -> str:
+    """Every problem of ``err`` on one line, each with its key path (``preprocessing.detector: Field required``)."""
+    def got(error: dict) -> str:
+        scalar = isinstance(error.get("input"), str | int | float | bool) and error["type"] != "missing"
+        return f" (got {error['input']!r})" if scalar else ""
+
+    return "; ".join(f"{prefix}{'.'.join(map(str, e['loc']))}: {e['msg']}{got(e)}" for e in err.errors())
+
+
+def _read_weights(weights: Path) -> dict:
+    """``torch.load(weights, weights_only=True)``: a dict with a ``model`` state dict, or NotAModelCardError."""
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        refused = re.search(r"Unsupported global: (?:GLOBAL )?(\S+)", str(err))
+        if refused:  # torch's message suggests weights_only=False: not for a file from elsewhere
+            raise NotAModelCardError(
+                f"{weights}: refused: it holds the Python object {refused.group(1).rstrip('.')}, not only tensors "
+                "and plain containers, and could run code while it is read (torch.load weights_only=True); use "
+                "only weights that a final_<arm> stage wrote") from err
+        detail = re.search(r"WeightsUnpickler error:\s*(\S.*)", str(err))
+        raise NotAModelCardError(f"{weights}: not a readable checkpoint (damaged, or not written by torch.save: "
+                                 f"{detail.group(1) if detail else _one_line(err)})") from err
+    except Exception as err:  # untrusted bytes: torch raises RuntimeError, EOFError, ValueError, ...
+        raise NotAModelCardError(f"{weights}: not a readable checkpoint ({type(err).__name__}: "
+                                 f"{_one_line(err)})") from err
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise NotAModelCardError(f"{weights}: not a final model's checkpoint (a dict with a 'model' state dict; "
+                                 f"it holds a {type(state).__name__})")
+    if not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
+        raise NotAModelCardError(f"{weights}: its 'model' state dict holds values other than tensors")
+    return state
+
+
+def _one_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__

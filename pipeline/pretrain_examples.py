@@ -66,7 +66,7 @@ def load_ma2mi(checkpoint: Path, model_params: ModelParams) -> MA2MI | None:
     """
     if not checkpoint.is_file():
         raise FileNotFoundError(f"{checkpoint}: missing; run `dvc repro pretrain`")
-    state = torch.load(checkpoint, map_location="cpu")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     if "decoder" not in state:
         return None
     model = MA2MI(model_params)

@@ -45,7 +45,7 @@ def final_flow(arm: str, params_path: str = "params.yaml") -> dict:
     encoder, inputs = None, [micro_dir / SAMPLES_FILE]
     if ARMS[arm].pretrained:
         inputs.append(params.paths.pretrain_dir / "encoder.pt")
-        encoder = torch.load(inputs[-1], map_location="cpu")["encoder"]
+        encoder = torch.load(inputs[-1], map_location="cpu", weights_only=True)["encoder"]
     model_name, model_params = arm_model(params, arm)
     get_run_logger().info("final %s model (%s, %d px): %d samples of %d subjects, seed %d, %d epochs, %s", arm,
                           model_name, model_params.image_size_px, len(samples), samples["subject"].nunique(),

@@ -42,7 +42,8 @@ def pretrain_flow(params_path: str = "params.yaml") -> dict:
                         "NCCL" if device.type == "cuda" else "gloo")
             run_torchrun(nproc, pretrain_ddp.__name__, ["--params", str(params_path), "--out", str(out)],
                          logger.info)
-            metrics = torch.load(out / "encoder.pt", map_location="cpu")["metrics"]  # rank 0's, unrounded
+            # rank 0's metrics, unrounded
+            metrics = torch.load(out / "encoder.pt", map_location="cpu", weights_only=True)["metrics"]
     training_state_path(params).unlink(missing_ok=True)  # the outputs are in place: nothing left to resume
     ratio = metrics["heldout_recon_over_copy"]
     logger.info("held-out recon_loss / copy_loss = %.3f (%s the copy baseline)", ratio,

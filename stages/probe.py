@@ -29,7 +29,7 @@ def probe_flow(params_path: str = "params.yaml") -> dict:
     params = load_params(params_path)
     samples, classes = read_samples(params.paths.micro_dir), read_classes(params.paths.micro_dir)
     data = MicroTensors(samples, params.model.image_size_px)
-    pretrained = torch.load(params.paths.pretrain_dir / "encoder.pt", map_location="cpu")["encoder"]
+    pretrained = torch.load(params.paths.pretrain_dir / "encoder.pt", map_location="cpu", weights_only=True)["encoder"]
     seeds = params.finetune.recipe.seeds
     labels = list(range(len(classes)))
     rows = []
