@@ -8,7 +8,8 @@ ending ``save_every_s`` after the last save, and always the last), so a killed r
 state stopped: weights, optimizer, scheduler, the finished epoch, the per-epoch history and every random
 stream of every rank (Python, NumPy, torch CPU and CUDA, plus the caller's named generators: batch order, pair
 sampling). In a process group of several ranks (``torchrun``, :mod:`pipeline.distributed`) rank 0 writes the
-state with every rank's streams, and each rank resumes its own.
+state with every rank's streams, and each rank resumes its own. :class:`EpochCurves` logs the per-epoch metrics
+(``fit``'s ``on_epoch``) in DVCLive's files, in the run's own folder only.
 """
 
 from __future__ import annotations

@@ -182,8 +182,9 @@ def finetune_seed(samples: pd.DataFrame, data: MicroTensors, classes: list[str],
     that many clips per class and training subject (:func:`pipeline.loso.label_budget`), for the label-efficiency
     curve: the curve goes to ``dvclive/budget<k>/seed<s>/`` and no model is saved.
 
-    Writes into ``out``: ``dvclive/seed<s>/`` (per-epoch training loss and accuracy) and ``model_seed<s>.pt``
-    (``model`` state dict, ``model_name``, ``arm``, ``fold``, ``seed``, ``test_subject``).
+    Writes into ``out``: ``dvclive/seed<s>/`` (per-epoch training loss and accuracy, DVCLive's files written by
+    :class:`pipeline.engine.EpochCurves`: nothing outside that folder, so runs side by side share no file) and
+    ``model_seed<s>.pt`` (``model`` state dict, ``model_name``, ``arm``, ``fold``, ``seed``, ``test_subject``).
 
     Args:
         samples: the samples table (:mod:`pipeline.micro_table`), row-aligned with ``data``.

@@ -203,7 +203,8 @@ def train_and_save(params: Params, out: Path, device: torch.device,
     The whole job of the ``pretrain`` stage, in one process or in every rank of ``torchrun``. Outputs (rank 0;
     the same files whatever the number of ranks): ``encoder.pt`` (``encoder``: the branch weights, ``decoder``:
     the decoder's, for the report's reconstruction examples, ``model_params``, ``metrics``), ``metrics.json``
-    (the metrics rounded to 6 decimals) and ``dvclive/`` (one step per epoch).
+    (the metrics rounded to 6 decimals) and ``dvclive/`` (one step per epoch; :class:`pipeline.engine.EpochCurves`,
+    so nothing is written outside ``out``).
 
     Args:
         params: all params (``model``, ``pretrain``, the paths).

@@ -9,7 +9,11 @@ accuracy). While it runs, each seed's full training state is saved (every 30 s a
 ``paths.checkpoint_dir``: a killed run resumes where it stopped, finished seeds included, with the same result.
 The training runs (seeds × label budgets) are independent Prefect task runs on Dask worker processes of one thread
 each, ``finetune.workers`` at once (:func:`pipeline.orchestration.dask_task_runner`), each loading the fold's
-inputs itself (:mod:`pipeline.fold_run`); a run's result does not depend on how many run beside it.
+inputs itself (:mod:`pipeline.fold_run`); a run's result does not depend on how many run beside it, and runs
+side by side share no file (each writes its own curve folder with :class:`pipeline.engine.EpochCurves`, not
+DVCLive's ``Live``, whose workspace signal file two runs ending at once raced on). When a run fails, the others
+still run to their end; the stage then fails with :class:`TrainingRunsFailed`, naming each failed run (arm, fold,
+seed, label budget) and its error, and its rerun takes the finished runs back from their states.
 Run: ``python -m stages.finetune --arm ma2mi --fold 3``.
 """
 

@@ -221,3 +221,55 @@ def test_a_failed_run_is_named_with_its_error_after_every_run_ended():
     assert "The 1 finished runs are kept in state" in message
     assert isinstance(raised.value.__cause__, ValueError)
     assert run_name("ma2mi", 2, 3, None) == "ma2mi fold 2 seed 3"
+
+
+RUN_FOLD = """
+from stages.finetune import finetune_flow
+from pipeline.orchestration import run_stage
+run_stage(finetune_flow, arm="scratch", fold=0, params_path="params.yaml")
+"""
+
+
+@pytest.mark.slow
+def test_a_fold_stage_names_its_failed_run_and_its_rerun_takes_back_the_others(tmp_path, raw_params):
+    """The real stage (Prefect flow, local Dask cluster of 2 workers) under dvc repro's environment: a run whose
+    saved state is unreadable fails the stage with an error naming it; the other runs end and their states are
+    kept; the rerun takes them back without training them, trains the failed run, succeeds, then removes them."""
+    import subprocess
+    import sys
+
+    from stages.finetune import planned_runs, training_state_dir
+
+    ws = tmp_path / "ws"
+    params = fold_workspace(ws, raw_params, seeds=[0, 1], epochs=2)
+    raw = yaml.safe_load((ws / "params.yaml").read_text())
+    raw["finetune"]["workers"] = 2
+    (ws / "params.yaml").write_text(yaml.safe_dump(raw))
+    runs = planned_runs(params, "scratch", 0)
+    broken = runs["scratch fold 0 seed 1"]["state_path"]
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"not a training state")
+    env = {k: v for k, v in os.environ.items() if k not in ("DASK_SCHEDULER_ADDRESS", "PREFECT_API_URL")}
+    env.update(REPRO_ENV, DVC_ROOT=str(ws), PYTHONPATH=os.pathsep.join(sys.path))
+
+    def stage() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", RUN_FOLD], cwd=ws, env=env, capture_output=True, text=True,
+                              timeout=600)
+
+    failed = stage()
+    assert failed.returncode != 0
+    assert "1 of 4 training runs failed" in failed.stdout + failed.stderr
+    assert "scratch fold 0 seed 1: UnpicklingError" in failed.stdout + failed.stderr
+    assert not (ws / "finetune" / "scratch" / "fold0").exists()
+    assert all(run["state_path"].is_file() for run in runs.values() if run["state_path"] != broken)
+    broken.unlink()
+    passed = stage()
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    log = passed.stdout + passed.stderr
+    assert log.count("resuming from") == 3  # the finished runs, given back without training
+    assert log.count("epoch 2/2:") == 1 and "miacnet seed 1 epoch 2/2:" in log  # only the failed run trained
+    predictions = pd.read_parquet(ws / "finetune" / "scratch" / "fold0" / "predictions.parquet")
+    assert sorted(set(zip(predictions["seed"], predictions["label_budget"], strict=True))) == [
+        (0, "1"), (0, "all"), (1, "1"), (1, "all")]
+    assert not training_state_dir(params, "scratch", 0).exists()
+    assert not (ws / SIGNAL.parent).exists()

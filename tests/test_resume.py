@@ -236,7 +236,7 @@ def test_a_rerun_of_a_failed_fold_stage_takes_back_its_finished_runs(tmp_path, r
             except TrainingRunsFailed as error:
                 return futures, error
 
-    threads = torch.get_num_threads()
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     try:
         monkeypatch.setattr(pipeline.finetune, "finetune_fold", seed1_fails)
         first, failed = attempt(ws / "out1")
@@ -255,8 +255,9 @@ def test_a_rerun_of_a_failed_fold_stage_takes_back_its_finished_runs(tmp_path, r
         monkeypatch.setattr(pipeline.engine, "train_one_epoch",
                             lambda *args: trained.append(f"{running[-1]} {args[5]}") or real_epoch(*args))
         _, tables = attempt(ws / "out2")
-    finally:
+    finally:  # train_run sets both for its process
         torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
     assert running == ["seed0.pt", "seed1.pt", "budget1_seed0.pt", "budget1_seed1.pt"]
     assert trained == ["seed1.pt fold 0 (a) miacnet seed 1 epoch 1/2", "seed1.pt fold 0 (a) miacnet seed 1 epoch 2/2"]
     for table, (name, future) in zip(tables, first.items(), strict=True):
