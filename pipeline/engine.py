@@ -8,15 +8,18 @@ ending ``save_every_s`` after the last save, and always the last), so a killed r
 state stopped: weights, optimizer, scheduler, the finished epoch, the per-epoch history and every random
 stream of every rank (Python, NumPy, torch CPU and CUDA, plus the caller's named generators: batch order, pair
 sampling). In a process group of several ranks (``torchrun``, :mod:`pipeline.distributed`) rank 0 writes the
-state with every rank's streams, and each rank resumes its own.
+state with every rank's streams, and each rank resumes its own. :class:`EpochCurves` logs the per-epoch metrics
+(``fit``'s ``on_epoch``) in DVCLive's files, in the run's own folder only.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
+import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
@@ -33,6 +36,7 @@ from pipeline.io import atomic_path, sha256_file
 
 __all__ = [
     "Batch",
+    "EpochCurves",
     "RandomStream",
     "StepFn",
     "adamw",
@@ -331,3 +335,57 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, epoc
         if on_epoch is not None:
             on_epoch(epoch, metrics)
     return history
+
+
+class EpochCurves:
+    """Per-epoch metric curves in DVCLive's files, written into one folder and nowhere else.
+
+    Call it as :func:`fit`'s ``on_epoch``. The files are, byte for byte, those of
+    ``dvclive.Live(dir=directory, dvcyaml=None)`` with one ``log_metric(prefix + key, value)`` per metric and one
+    ``next_step()`` per epoch (written with DVCLive's own serialisers): ``plots/metrics/<prefix><key>.tsv`` (a
+    ``step<TAB><key>`` header, one row per epoch, step = the 0-based epoch) and ``metrics.json`` (the last epoch's
+    values, nested at ``/``, and its ``step``). The folder is emptied first: a rerun writes whole curves again.
+
+    Unlike ``Live`` it opens no DVC repository, posts nothing to DVC Studio and writes none of DVCLive's workspace
+    signal files for the VS Code extension (``<DVC_ROOT>/.dvc/tmp/exps/run/DVCLIVE_STEP_COMPLETED``, written
+    after every step and removed check-then-remove in ``Live.end()``: under ``dvc repro`` two runs of one fold
+    stage ending at once crashed one with ``FileNotFoundError``). So training runs side by side in one workspace,
+    each with its own ``directory``, share no file.
+
+    Args:
+        directory: the run's own curve folder (e.g. ``dvclive/seed<s>``); removed and created again.
+        prefix: put before each metric's name (``'train/'``: ``plots/metrics/train/loss.tsv``).
+
+    Raises:
+        TypeError: (on a call) a metric value that DVCLive cannot log (not an int, float or str).
+    """
+
+    def __init__(self, directory: str | Path, prefix: str = "") -> None:
+        from dvclive.plots import Metric  # DVCLive imports DVC (~1 s): only where curves are written
+        from dvclive.serialize import dump_json
+
+        self._metric, self._dump_json = Metric, dump_json
+        self.directory, self.prefix = Path(directory), prefix
+        shutil.rmtree(self.directory, ignore_errors=True)
+        self.directory.mkdir(parents=True)
+        self.summary: dict[str, Any] = {}
+
+    def __call__(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        """Append epoch ``epoch``'s ``metrics`` (name -> value) to their curves and rewrite ``metrics.json``."""
+        for key, value in metrics.items():
+            name = self.prefix + key
+            if not self._metric.could_log(value):
+                raise TypeError(f"{self.directory}: metric {name!r} of epoch {epoch} is a {type(value).__name__}, "
+                                "not an int, float or str")
+            if isinstance(value, float) and not math.isfinite(value):
+                value = str(value)  # as Live.log_metric: 'nan', 'inf'
+            metric = self._metric(name, str(self.directory / "plots"))
+            metric.step = epoch
+            metric.dump(value)
+            node = self.summary
+            *parents, leaf = name.split("/")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+        self.summary["step"] = epoch
+        self._dump_json(self.summary, str(self.directory / "metrics.json"))

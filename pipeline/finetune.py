@@ -16,13 +16,12 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from dvclive import Live
 from torch import nn
 
 from pipeline.arms import ARMS
 from pipeline.config import ConfigError, ModelParams, Params, RecipeParams
 from pipeline.data import PairAugmentation
-from pipeline.engine import Batch, adamw, fit, save_checkpoint, seed_everything, to_device
+from pipeline.engine import Batch, EpochCurves, adamw, fit, save_checkpoint, seed_everything, to_device
 from pipeline.loso import ALL_LABELS, LosoFold, label_budget
 from pipeline.micro_data import MicroTensors
 from pipeline.models.registry import MODELS, create_model, input_names
@@ -183,8 +182,9 @@ def finetune_seed(samples: pd.DataFrame, data: MicroTensors, classes: list[str],
     that many clips per class and training subject (:func:`pipeline.loso.label_budget`), for the label-efficiency
     curve: the curve goes to ``dvclive/budget<k>/seed<s>/`` and no model is saved.
 
-    Writes into ``out``: ``dvclive/seed<s>/`` (per-epoch training loss and accuracy) and ``model_seed<s>.pt``
-    (``model`` state dict, ``model_name``, ``arm``, ``fold``, ``seed``, ``test_subject``).
+    Writes into ``out``: ``dvclive/seed<s>/`` (per-epoch training loss and accuracy, DVCLive's files written by
+    :class:`pipeline.engine.EpochCurves`: nothing outside that folder, so runs side by side share no file) and
+    ``model_seed<s>.pt`` (``model`` state dict, ``model_name``, ``arm``, ``fold``, ``seed``, ``test_subject``).
 
     Args:
         samples: the samples table (:mod:`pipeline.micro_table`), row-aligned with ``data``.
@@ -209,14 +209,9 @@ def finetune_seed(samples: pd.DataFrame, data: MicroTensors, classes: list[str],
     model_name, model_params = arm_model(params, arm)
     train = fold if budget is None else label_budget(fold, samples["subject"], samples["label"], budget, seed)
     curve = out / "dvclive" / (f"seed{seed}" if budget is None else f"budget{budget}/seed{seed}")
-    with Live(dir=str(curve), save_dvc_exp=False, dvcyaml=None) as live:
-        def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
-            for key, value in metrics.items():
-                live.log_metric(f"train/{key}", value)
-            live.next_step()
-
-        model = finetune_fold(data, train, len(classes), model_name, model_params, params.finetune.recipe, seed,
-                              device, encoder_state, log_epoch, state_path=state_path, fingerprint=fingerprint)
+    model = finetune_fold(data, train, len(classes), model_name, model_params, params.finetune.recipe, seed, device,
+                          encoder_state, EpochCurves(curve, prefix="train/"), state_path=state_path,
+                          fingerprint=fingerprint)
     predicted, probs = predict(model, data, fold.test_idx, device)
     table = samples.iloc[fold.test_idx][PREDICTION_COLUMNS].reset_index(drop=True)
     table["predicted"] = predicted

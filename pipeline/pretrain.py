@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from dvclive import Live
 from torch import nn
 from torch.utils.data import Sampler
 
@@ -29,6 +28,7 @@ from pipeline.data import FuturePairSampler, normalise
 from pipeline.distributed import all_reduce_means, broadcast_buffers, rank_info, rank_seed, wrap_ddp
 from pipeline.engine import (
     Batch,
+    EpochCurves,
     adamw,
     evaluate,
     fit,
@@ -203,7 +203,8 @@ def train_and_save(params: Params, out: Path, device: torch.device,
     The whole job of the ``pretrain`` stage, in one process or in every rank of ``torchrun``. Outputs (rank 0;
     the same files whatever the number of ranks): ``encoder.pt`` (``encoder``: the branch weights, ``decoder``:
     the decoder's, for the report's reconstruction examples, ``model_params``, ``metrics``), ``metrics.json``
-    (the metrics rounded to 6 decimals) and ``dvclive/`` (one step per epoch).
+    (the metrics rounded to 6 decimals) and ``dvclive/`` (one step per epoch; :class:`pipeline.engine.EpochCurves`,
+    so nothing is written outside ``out``).
 
     Args:
         params: all params (``model``, ``pretrain``, the paths).
@@ -228,13 +229,7 @@ def train_and_save(params: Params, out: Path, device: torch.device,
     run = {"state_path": training_state_path(params), "fingerprint": fingerprint}
     if not world.is_main:
         return pretrain(frames, params.model, params.pretrain, device, None, **run)[1]
-    with Live(dir=str(out / "dvclive"), save_dvc_exp=False, dvcyaml=None) as live:
-        def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
-            for key, value in metrics.items():
-                live.log_metric(key, value)
-            live.next_step()
-
-        model, metrics = pretrain(frames, params.model, params.pretrain, device, log_epoch, **run)
+    model, metrics = pretrain(frames, params.model, params.pretrain, device, EpochCurves(out / "dvclive"), **run)
     save_checkpoint(out / "encoder.pt", encoder=model.encoder_state_dict(), decoder=model.decoder.state_dict(),
                     model_params=params.model.model_dump(mode="json"), metrics=metrics)
     write_json({k: round(v, 6) for k, v in metrics.items()}, out / "metrics.json")

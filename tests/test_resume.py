@@ -201,3 +201,68 @@ def test_a_fold_run_trains_on_one_thread(monkeypatch, tmp_path):
     finally:
         torch.set_num_threads(threads)
     assert seen["threads"] == 1
+
+
+def test_a_rerun_of_a_failed_fold_stage_takes_back_its_finished_runs(tmp_path, raw_params, monkeypatch):
+    """A fold stage whose run failed names it, keeps the finished runs' states, and its rerun gives those runs back
+    (same predictions, weights and curves, byte for byte) without training them; only the failed run trains."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pipeline.engine
+    import pipeline.finetune
+    from pipeline.fold_run import train_run
+    from stages.finetune import TrainingRunsFailed, gather_runs, planned_runs, training_state_dir
+    from tests.test_parallel_runs import files_under, fold_workspace
+
+    ws = tmp_path / "ws"
+    params = fold_workspace(ws, raw_params, seeds=[0, 1], epochs=2)
+    monkeypatch.chdir(ws)
+    runs = planned_runs(params, "scratch", 0)
+    assert list(runs) == ["scratch fold 0 seed 0", "scratch fold 0 seed 1", "scratch fold 0 seed 0 budget 1",
+                          "scratch fold 0 seed 1 budget 1"]
+    real_fold, real_epoch = pipeline.finetune.finetune_fold, pipeline.engine.train_one_epoch
+
+    def seed1_fails(*args, **kwargs):
+        if kwargs["state_path"].name == "seed1.pt":
+            raise OSError("No space left on device")
+        return real_fold(*args, **kwargs)
+
+    def attempt(out):
+        with ThreadPoolExecutor(1) as pool:  # one run at a time, in this process (so the patches apply)
+            futures = {name: pool.submit(train_run, params, "scratch", 0, run["seed"], run["budget"], out,
+                                         run["state_path"]) for name, run in runs.items()}
+            try:
+                return futures, gather_runs(futures, training_state_dir(params, "scratch", 0))
+            except TrainingRunsFailed as error:
+                return futures, error
+
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    try:
+        monkeypatch.setattr(pipeline.finetune, "finetune_fold", seed1_fails)
+        first, failed = attempt(ws / "out1")
+        assert isinstance(failed, TrainingRunsFailed)
+        assert "1 of 4 training runs failed:\n  scratch fold 0 seed 1: OSError: No space left on device" in str(failed)
+        assert not (runs["scratch fold 0 seed 1"]["state_path"]).exists()
+        assert all(run["state_path"].is_file() for name, run in runs.items() if name != "scratch fold 0 seed 1")
+
+        running, trained = [], []
+
+        def named_fold(*args, **kwargs):
+            running.append(kwargs["state_path"].name)
+            return real_fold(*args, **kwargs)
+
+        monkeypatch.setattr(pipeline.finetune, "finetune_fold", named_fold)
+        monkeypatch.setattr(pipeline.engine, "train_one_epoch",
+                            lambda *args: trained.append(f"{running[-1]} {args[5]}") or real_epoch(*args))
+        _, tables = attempt(ws / "out2")
+    finally:  # train_run sets both for its process
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+    assert running == ["seed0.pt", "seed1.pt", "budget1_seed0.pt", "budget1_seed1.pt"]
+    assert trained == ["seed1.pt fold 0 (a) miacnet seed 1 epoch 1/2", "seed1.pt fold 0 (a) miacnet seed 1 epoch 2/2"]
+    for table, (name, future) in zip(tables, first.items(), strict=True):
+        if name != "scratch fold 0 seed 1":
+            pd.testing.assert_frame_equal(table, future.result())
+    assert (ws / "out2" / "model_seed0.pt").read_bytes() == (ws / "out1" / "model_seed0.pt").read_bytes()
+    for curve in ("seed0", "budget1/seed0", "budget1/seed1"):
+        assert files_under(ws / "out2" / "dvclive" / curve) == files_under(ws / "out1" / "dvclive" / curve), curve
