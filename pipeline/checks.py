@@ -11,17 +11,36 @@ from pathlib import Path
 
 from pipeline.align import DETECTORS
 from pipeline.config import ConfigError, Params
-from pipeline.datasets import ADAPTERS
+from pipeline.datasets import ADAPTERS, AnnotationError, DatasetLayoutError, load_dataset
 from pipeline.datasets.protocols import check_protocol
+from pipeline.loso import fold_and_budget_problems
 
 __all__ = ["check_micro"]
 
 
+def _folds_and_budgets(params: Params) -> list[str]:
+    """The fold indices and label budgets against the annotation sheet's subjects and clips (frames not opened)."""
+    try:
+        samples = load_dataset(params.micro).samples
+    except (AnnotationError, DatasetLayoutError):  # ingest_micro reports these, naming file and row
+        return []
+    finetune = params.finetune
+    folds = {"finetune.folds": finetune.folds, "finetune.baseline.folds": finetune.baseline.folds}
+    return fold_and_budget_problems(samples["subject"], samples["label"], folds, finetune.label_budgets)
+
+
 def check_micro(params: Params) -> dict:
-    """Check the ``micro`` section against the registries and the file system.
+    """Check the ``micro`` section against the registries and the file system, and the folds against the data.
+
+    For a dataset of the user's, its annotation sheet is read (the frames are not opened) to check
+    ``finetune.folds``, ``finetune.baseline.folds`` and ``finetune.label_budgets`` against its subjects and clips
+    (:func:`pipeline.loso.fold_and_budget_problems`) before hours of ingestion and pre-training; the demo's are
+    checked when params load. Clips that ingestion later skips can only lower the counts: the fold stage checks
+    again on the ingested table.
 
     Args:
-        params: all params (``micro``; ``paths.demo_micro_dir`` for the demo).
+        params: all params (``micro``, ``finetune``'s folds and label budgets; ``paths.demo_micro_dir`` for the
+            demo).
 
     Returns:
         What was checked: ``dataset``, ``root`` and ``annotation`` (paths as params.yaml gives them) and ``protocol``.
@@ -29,7 +48,8 @@ def check_micro(params: Params) -> dict:
     Raises:
         ConfigError: every problem found, each naming the key and what to set: an unknown dataset, protocol or
             detector; a ``root`` that is not a folder (for the demo it is ``synthesize``'s output and may not exist
-            yet); an ``annotation`` or ``smic_apex`` file that does not exist.
+            yet); an ``annotation`` or ``smic_apex`` file that does not exist; a fold index or label budget the
+            annotated data cannot have.
     """
     micro = params.micro
     problems = []
@@ -51,6 +71,8 @@ def check_micro(params: Params) -> dict:
         if path is not None and not Path(path).is_file():
             problems.append(f"micro.{key}: {path} does not exist; set it to the file, or to null for the dataset's "
                             "standard one" if key == "annotation" else f"micro.{key}: {path} does not exist")
+    if not problems and micro.dataset != "demo":  # the demo's are checked when params load (pipeline.config)
+        problems += _folds_and_budgets(params)
     if problems:
         raise ConfigError("params.yaml: " + "; ".join(problems))
     # the paths as params.yaml gives them, not resolved: the record (a DVC dependency of ingest_micro) must be the

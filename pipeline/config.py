@@ -13,11 +13,12 @@ Example:
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
 __all__ = [
     "ConfigError",
@@ -33,10 +34,16 @@ __all__ = [
     "RecipeParams",
     "SamplesParams",
     "SynthesizeParams",
+    "check_paths",
     "load_params",
 ]
 
-Range = tuple[float, float]
+# Strict scalars: YAML's `true` is not an int, "no" or 1 not a bool, "1e-3" or `true` not a float (an int is a
+# float). Lax coercion would take `epochs: true` as 1 epoch and `flip: "no"` as False, silently.
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict()]
+Bool = Annotated[bool, Strict()]
+Range = tuple[Float, Float]
 
 
 class ConfigError(ValueError):
@@ -88,21 +95,21 @@ class SamplesParams(_Section):
 class SynthesizeParams(_Section):
     """The synthetic demo data (``synthesize``): micro clips and macro videos; ranges are ordered pairs."""
 
-    seed: int
-    n_subjects: int = Field(ge=2)  # LOSO needs at least two subjects
-    clips_per_class: int = Field(ge=1)
-    face_size_px: int = Field(ge=32)
-    micro_fps: float = Field(gt=0)
+    seed: Int
+    n_subjects: Int = Field(ge=2)  # LOSO needs at least two subjects
+    clips_per_class: Int = Field(ge=1)
+    face_size_px: Int = Field(ge=32)
+    micro_fps: Float = Field(gt=0)
     micro_duration_s: Range  # onset -> offset
     micro_peak_px: Range  # peak AU displacement at face_size_px
-    macro_fps: float = Field(gt=0)
-    macro_identities: int = Field(ge=1)  # macro identities of their own, none of them a micro subject
-    macro_videos_per_identity: int = Field(ge=1)
-    macro_video_duration_s: float = Field(gt=0)
+    macro_fps: Float = Field(gt=0)
+    macro_identities: Int = Field(ge=1)  # macro identities of their own, none of them a micro subject
+    macro_videos_per_identity: Int = Field(ge=1)
+    macro_video_duration_s: Float = Field(gt=0)
     macro_duration_s: Range
     macro_peak_px: Range
-    noise_std: float = Field(ge=0)  # grey levels, 0-255 scale
-    jpeg_quality: int = Field(ge=1, le=100)
+    noise_std: Float = Field(ge=0)  # grey levels, 0-255 scale
+    jpeg_quality: Int = Field(ge=1, le=100)
 
     @field_validator("micro_duration_s", "micro_peak_px", "macro_duration_s", "macro_peak_px")
     @classmethod
@@ -116,7 +123,7 @@ class MacroSource(_Section):
     kind: Literal["videos", "ckplus"]  # a folder of videos | CK+ image sequences (cohn-kanade-images/S005/001/)
     root: Path
     csv: Path | None  # videos only: a CSV (relative to root) listing the videos to use; None = every video
-    fps: float | None = Field(gt=0)  # image sequences: their frame rate (CK+ has none in its files)
+    fps: Float | None = Field(gt=0)  # image sequences: their frame rate (CK+ has none in its files)
 
 
 class MacroParams(_Section):
@@ -129,15 +136,15 @@ class MacroParams(_Section):
     sources: dict[str, MacroSource]  # one ingest_macro@<name> stage each; 'samples' and 'demo' are built in
     video_suffixes: list[str] = Field(min_length=1)
     detector: Literal["haar", "mtcnn", "none"]
-    align_margin: float = Field(gt=-0.5)  # mtcnn: canonical template = ArcFace's shrunk by 1 / (1 + margin)
-    detect_every_s: float = Field(gt=0)
-    smooth_window_s: float = Field(ge=0)
-    box_scale: float = Field(gt=0)
-    image_size_px: int = Field(ge=16)
-    max_fps: float = Field(gt=0)
-    shard_frames: int = Field(ge=1)
-    jpeg_quality: int = Field(ge=1, le=100)  # stored crops are JPEG (4:4:4)
-    workers: int = Field(ge=0)  # parallel ingest processes; 0 = one per core; not a DVC param (same outputs)
+    align_margin: Float = Field(gt=-0.5)  # mtcnn: canonical template = ArcFace's shrunk by 1 / (1 + margin)
+    detect_every_s: Float = Field(gt=0)
+    smooth_window_s: Float = Field(ge=0)
+    box_scale: Float = Field(gt=0)
+    image_size_px: Int = Field(ge=16)
+    max_fps: Float = Field(gt=0)
+    shard_frames: Int = Field(ge=1)
+    jpeg_quality: Int = Field(ge=1, le=100)  # stored crops are JPEG (4:4:4)
+    workers: Int = Field(ge=0)  # parallel ingest processes; 0 = one per core; not a DVC param (same outputs)
     cluster: str | None  # None: a local Dask cluster of `workers` processes; else a scheduler's address
 
     @model_validator(mode="after")
@@ -165,22 +172,22 @@ class MicroParams(_Section):
     smic_labels: Literal["folders", "sheet"]  # SMIC-HS: labels from folders (HS/s1/micro/<class>/…) | HS-E sheet
     smic_apex: Path | None  # CSV (subject, clip, apex_frame) of spotted SMIC apexes; None = middle frame
     detector: str  # a key of pipeline.align.DETECTORS: none (pre-cropped) | haar | mtcnn (5 landmarks, similarity)
-    box_scale: float = Field(gt=0)  # haar: square crop side = scale * detected box side
-    align_margin: float = Field(ge=0)  # mtcnn: the ArcFace template shrunk by 1 / (1 + margin) (brows to chin)
-    image_size_px: int = Field(ge=16)
+    box_scale: Float = Field(gt=0)  # haar: square crop side = scale * detected box side
+    align_margin: Float = Field(ge=0)  # mtcnn: the ArcFace template shrunk by 1 / (1 + margin) (brows to chin)
+    image_size_px: Int = Field(ge=16)
     optical_flow: Literal["tvl1", "none"]  # onset -> apex TV-L1 flow (u, v, strain) stored beside the crops
 
 
 class ModelParams(_Section):
     """The MIACNet architecture (``model``): input size, branch channels, action bottleneck and dropout."""
 
-    image_size_px: int = Field(ge=16)
-    stem_channels: int = Field(ge=1)
-    action_channels: list[int] = Field(min_length=1)
-    position_channels: list[int] = Field(min_length=1)
-    code_channels: int = Field(ge=1)  # the action bottleneck
+    image_size_px: Int = Field(ge=16)
+    stem_channels: Int = Field(ge=1)
+    action_channels: list[Int] = Field(min_length=1)
+    position_channels: list[Int] = Field(min_length=1)
+    code_channels: Int = Field(ge=1)  # the action bottleneck
     action_input: Literal["difference", "flow"]  # MIACNet's action branch: apex - onset | optical flow (u, v, strain)
-    dropout: float = Field(ge=0, lt=1)
+    dropout: Float = Field(ge=0, lt=1)
 
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -189,8 +196,8 @@ Device = Literal["auto", "cpu", "cuda"]
 class LoaderParams(_Section):
     """How pre-training reads the macro shards: not part of what it learns (no DVC param, not in the fingerprint)."""
 
-    workers: int = Field(ge=0)  # DataLoader processes that read and decode; 0 = in the training process
-    cache_mb: float = Field(gt=0)  # per-process cache of shards' JPEG bytes, MB: bounds RAM whatever the corpus
+    workers: Int = Field(ge=0)  # DataLoader processes that read and decode; 0 = in the training process
+    cache_mb: Float = Field(gt=0)  # per-process cache of shards' JPEG bytes, MB: bounds RAM whatever the corpus
 
 
 class PretrainParams(_Section):
@@ -200,17 +207,17 @@ class PretrainParams(_Section):
     divisible by ``nproc`` and ``heldout_pairs`` at least ``nproc``.
     """
 
-    seed: int
+    seed: Int
     device: Device
     horizon_s: Range  # future-frame horizon in seconds
     heldout_videos: list[str] = Field(min_length=1)  # video stems kept out of training
-    epochs: int = Field(ge=1)
-    pairs_per_epoch: int = Field(ge=1)
-    heldout_pairs: int = Field(ge=1)
-    batch_size: int = Field(ge=1)
-    lr: float = Field(gt=0)
-    weight_decay: float = Field(ge=0)
-    nproc: int = Field(ge=1)  # processes; > 1: torchrun DDP, pairs_per_epoch and batch_size split among them
+    epochs: Int = Field(ge=1)
+    pairs_per_epoch: Int = Field(ge=1)
+    heldout_pairs: Int = Field(ge=1)
+    batch_size: Int = Field(ge=1)
+    lr: Float = Field(gt=0)
+    weight_decay: Float = Field(ge=0)
+    nproc: Int = Field(ge=1)  # processes; > 1: torchrun DDP, pairs_per_epoch and batch_size split among them
     loader: LoaderParams
 
     @field_validator("horizon_s")
@@ -235,8 +242,8 @@ class BaselineParams(_Section):
     """The published baseline arm, trained on the same folds and seeds with the same recipe as MIACNet."""
 
     model: str  # a classifier of pipeline.models.registry.MODELS (e.g. mmnet, resnet18-diff)
-    image_size_px: int = Field(ge=16)  # the baseline's input side (MMNet's reference: 224, the only size it takes)
-    folds: list[int]  # [] = the arm is off; else exactly finetune.folds
+    image_size_px: Int = Field(ge=16)  # the baseline's input side (MMNet's reference: 224, the only size it takes)
+    folds: list[Int]  # [] = the arm is off; else exactly finetune.folds
 
 
 def _distinct_naturals(value: list[int], name: str) -> list[int]:
@@ -248,21 +255,21 @@ def _distinct_naturals(value: list[int], name: str) -> list[int]:
 class RecipeParams(_Section):
     """How every arm is fine-tuned (``finetune.recipe``): every fine-tuning stage declares this one section."""
 
-    seeds: list[int] = Field(min_length=1)  # each fold stage trains once per seed; evaluate gives mean ± std
+    seeds: list[Int] = Field(min_length=1)  # each fold stage trains once per seed; evaluate gives mean ± std
     device: Device
-    deterministic: bool  # torch.use_deterministic_algorithms (bitwise-repeatable, can be slower on GPU)
-    epochs: int = Field(ge=1)  # fixed: no epoch is ever chosen on the test subject
-    batch_size: int = Field(ge=1)
-    lr: float = Field(gt=0)
-    encoder_lr_scale: float = Field(ge=0)  # lr multiplier of pre-trained branches
-    weight_decay: float = Field(ge=0)
-    label_smoothing: float = Field(ge=0, lt=1)
+    deterministic: Bool  # torch.use_deterministic_algorithms (bitwise-repeatable, can be slower on GPU)
+    epochs: Int = Field(ge=1)  # fixed: no epoch is ever chosen on the test subject
+    batch_size: Int = Field(ge=1)
+    lr: Float = Field(gt=0)
+    encoder_lr_scale: Float = Field(ge=0)  # lr multiplier of pre-trained branches
+    weight_decay: Float = Field(ge=0)
+    label_smoothing: Float = Field(ge=0, lt=1)
     schedule: Literal["cosine", "exponential"]  # cosine to 0 over epochs | lr * lr_gamma**min(epoch, decay_epochs)
-    lr_gamma: float = Field(gt=0, le=1)  # exponential schedule only
-    decay_epochs: int = Field(ge=0)  # exponential schedule only: epochs after which the lr is held
-    flip: bool
-    rotate_deg: float = Field(ge=0)
-    translate_px: int = Field(ge=0)  # random shift of up to ± this many px, zero fill (= RandomCrop with padding)
+    lr_gamma: Float = Field(gt=0, le=1)  # exponential schedule only
+    decay_epochs: Int = Field(ge=0)  # exponential schedule only: epochs after which the lr is held
+    flip: Bool
+    rotate_deg: Float = Field(ge=0)
+    translate_px: Int = Field(ge=0)  # random shift of up to ± this many px, zero fill (= RandomCrop with padding)
 
     @field_validator("seeds")
     @classmethod
@@ -273,11 +280,11 @@ class RecipeParams(_Section):
 class FinetuneParams(_Section):
     """The ablation (``finetune``): which LOSO folds run, the baseline arm, and the recipe every arm shares."""
 
-    folds: list[int] = Field(min_length=1)  # LOSO fold index into the sorted subject list
-    label_budgets: list[int]  # label-efficiency curve: also train on this many clips per class and subject
+    folds: list[Int] = Field(min_length=1)  # LOSO fold index into the sorted subject list
+    label_budgets: list[Int]  # label-efficiency curve: also train on this many clips per class and subject
     baseline: BaselineParams
     recipe: RecipeParams
-    workers: int = Field(ge=0)  # training runs at once (Dask processes, one thread each); 0 = one per core
+    workers: Int = Field(ge=0)  # training runs at once (Dask processes, one thread each); 0 = one per core
     cluster: str | None  # None: a local Dask cluster of `workers` (or DASK_SCHEDULER_ADDRESS); else a scheduler
 
     @field_validator("folds")
@@ -313,7 +320,7 @@ class AttentionParams(_Section):
 
     dir: Path  # metrics.json, per_clip.csv, examples.png
     method: Literal["gradcam", "attention"]  # Grad-CAM on forward_features | MIACNet's action attention
-    examples_per_class: int = Field(ge=0)  # held-out clips per class drawn for the report
+    examples_per_class: Int = Field(ge=0)  # held-out clips per class drawn for the report
 
 
 class ReportParams(_Section):
@@ -321,7 +328,7 @@ class ReportParams(_Section):
 
     path: Path  # the HTML file
     summary: Path  # the metrics table as Markdown (what `make demo` prints)
-    pretrain_examples: int = Field(ge=0)  # held-out macro frame pairs shown with MA2MI's prediction
+    pretrain_examples: Int = Field(ge=0)  # held-out macro frame pairs shown with MA2MI's prediction
 
 
 class Params(_Section):
@@ -351,6 +358,8 @@ class Params(_Section):
             )
         # checked here too (pipeline.final.check_final_arm checks again when the stage runs), so that a
         # `dvc exp run` that switches the baseline model fails at once, not after hours of fold training
+        if self.micro.dataset == "demo":  # the demo's subjects and clips are known before anything runs
+            self._demo_folds_and_budgets()
         baseline = self.finetune.baseline
         if self.final.baseline and (not baseline.folds or self.final.baseline != [baseline.model]):
             raise ValueError(
@@ -359,6 +368,88 @@ class Params(_Section):
                 "the final model goes with the arm's LOSO evaluation"
             )
         return self
+
+    def _demo_folds_and_budgets(self) -> None:
+        subjects, clips = self.synthesize.n_subjects, self.synthesize.clips_per_class
+        for key, folds in (("finetune.folds", self.finetune.folds),
+                           ("finetune.baseline.folds", self.finetune.baseline.folds)):
+            if folds and max(folds) >= subjects:
+                raise ValueError(f"{key} {folds}: the demo has synthesize.n_subjects = {subjects} subjects, "
+                                 f"so its LOSO folds are 0..{subjects - 1}")
+        too_many = [b for b in self.finetune.label_budgets if b >= clips]
+        if too_many:
+            raise ValueError(f"finetune.label_budgets {too_many}: the demo has synthesize.clips_per_class = {clips} "
+                             f"clips per class and subject, so a budget of {clips} or more is the full training "
+                             f"set, not a point of the label-efficiency curve; use budgets below {clips}")
+
+
+# The paths the pipeline writes (and replaces whole: pipeline.io.atomic_dir), by their params key: besides the
+# `paths` section, every other key naming an output or a cache. The built-in macro sources' roots are written
+# by the samples and synthesize stages.
+_OUTPUT_KEYS = ("samples.wheel_cache_dir", "macro.sources.samples.root", "macro.sources.demo.root",
+                "final.dir", "final.cache_dir", "attention.dir", "report.path", "report.summary")
+
+
+def _get(params: Params, key: str) -> Path | None:
+    value = params
+    for part in key.split("."):
+        value = value[part] if isinstance(value, dict) else getattr(value, part)
+    return value
+
+
+def _overlap(a: Path, b: Path) -> bool:
+    return a == b or a in b.parents or b in a.parents
+
+
+def check_paths(params: Params, base: Path) -> None:
+    """Refuse output paths that equal, contain or lie inside an input or another output.
+
+    A stage replaces its output folder whole, so an output at (or around) a dataset would delete the dataset,
+    and one around another stage's output would delete that. Paths are resolved against ``base`` (the folder of
+    ``params.yaml``, where DVC runs the stages), symbolic links followed.
+
+    Outputs: every key of ``paths`` and :data:`_OUTPUT_KEYS`. Inputs: ``micro.root`` (for the demo it is
+    ``paths.demo_micro_dir`` itself, by design), ``micro.annotation``, ``micro.smic_apex`` and the ``root`` of every
+    macro source other than the built-in two.
+
+    Raises:
+        ConfigError: the message names both keys and their paths, for every overlapping pair.
+    """
+    def resolved(key: str) -> Path | None:
+        value = _get(params, key)
+        return None if value is None else (base / value).resolve()
+
+    outputs = {f"paths.{name}": resolved(f"paths.{name}") for name in PathsParams.model_fields}
+    outputs |= {key: resolved(key) for key in _OUTPUT_KEYS}
+    inputs = {key: resolved(key) for key in ("micro.root", "micro.annotation", "micro.smic_apex")}
+    inputs |= {f"macro.sources.{name}.root": resolved(f"macro.sources.{name}.root")
+               for name in params.macro.sources if name not in ("samples", "demo")}
+    if params.micro.dataset == "demo":
+        del inputs["micro.root"]  # the demo's dataset is synthesize's output paths.demo_micro_dir
+    problems = []
+    names = list(outputs)
+    for i, key in enumerate(names):
+        for other in names[i + 1:]:
+            if _overlap(outputs[key], outputs[other]):
+                problems.append(f"{key} ({_get(params, key)}) and {other} ({_get(params, other)}) overlap: two "
+                                "outputs must be separate paths, neither inside the other")
+        for other, path in inputs.items():
+            if path is not None and _overlap(outputs[key], path):
+                problems.append(f"{key} ({_get(params, key)}) overlaps the input {other} ({_get(params, other)}): "
+                                "a stage replaces its output whole and would delete the input; give the output "
+                                "a path of its own")
+    if problems:
+        raise ConfigError("params.yaml: " + "; ".join(problems))
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's floats: ``1e-3`` is the float 0.001, not the string "1e-3"."""
+
+
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
@@ -376,7 +467,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     """
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_Yaml12Loader)  # a SafeLoader subclass
     except FileNotFoundError as err:
         raise ConfigError(f"{path}: no such params file") from err
     except yaml.YAMLError as err:
@@ -384,9 +475,14 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     try:
-        return Params.model_validate(raw)
+        params = Params.model_validate(raw)
     except ValidationError as err:
         problems = "; ".join(
             f"{'.'.join(str(part) for part in e['loc']) or '<top>'}: {e['msg']}" for e in err.errors()
         )
         raise ConfigError(f"{path}: {problems}") from err
+    try:
+        check_paths(params, path.resolve().parent)
+    except ConfigError as err:
+        raise ConfigError(str(err).replace("params.yaml:", f"{path}:", 1)) from None
+    return params

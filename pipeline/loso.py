@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import LeaveOneGroupOut
 
-__all__ = ["ALL_LABELS", "LosoFold", "label_budget", "loso_fold", "loso_folds"]
+__all__ = ["ALL_LABELS", "LosoFold", "fold_and_budget_problems", "label_budget", "loso_fold", "loso_folds"]
 
 ALL_LABELS = "all"  # the label budget of the ablation itself: every training clip
 
@@ -49,6 +49,41 @@ def loso_fold(subjects: pd.Series, index: int) -> LosoFold:
         raise ValueError(f"LOSO fold {index} does not exist: the data has {len(folds)} subjects "
                          f"(folds 0..{len(folds) - 1}); edit finetune.folds in params.yaml")
     return folds[index]
+
+
+def fold_and_budget_problems(subjects: pd.Series, labels: pd.Series, folds: dict[str, list[int]],
+                             label_budgets: list[int]) -> list[str]:
+    """What is wrong with the fold indices and label budgets of params.yaml for this samples table, in words.
+
+    A fold index must be below the number of subjects. A label budget must be below the largest number of
+    clips of one class of one subject: a budget of that many or more keeps every training clip, so its curve
+    point would be the full run again, not a point of the curve.
+
+    Args:
+        subjects: the table's ``subject`` column.
+        labels: the table's ``label`` (or ``label_name``) column.
+        folds: params key -> fold indices, e.g. ``{"finetune.folds": [0, 1]}``.
+        label_budgets: ``finetune.label_budgets``.
+
+    Returns:
+        One message per problem, naming the key (empty: nothing wrong).
+    """
+    problems = []
+    n_subjects = subjects.nunique()
+    for key, indices in folds.items():
+        outside = [k for k in indices if k >= n_subjects]
+        if outside:
+            problems.append(f"{key}: folds {outside} do not exist: the data has {n_subjects} subjects "
+                            f"(folds 0..{n_subjects - 1})")
+    if label_budgets and len(subjects):
+        largest = int(pd.DataFrame({"subject": subjects.to_numpy(), "label": labels.to_numpy()})
+                      .value_counts().max())
+        too_many = [b for b in label_budgets if b >= largest]
+        if too_many:
+            problems.append(f"finetune.label_budgets: {too_many} keep every training clip (no subject has more than "
+                            f"{largest} clips of one class), so the curve point would be the full run; use "
+                            f"budgets below {largest}")
+    return problems
 
 
 def label_budget(fold: LosoFold, subjects: pd.Series, labels: pd.Series, clips_per_class: int,

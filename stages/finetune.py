@@ -29,9 +29,9 @@ from typing import Any
 import pandas as pd
 
 from pipeline.arms import ARMS, active_arms
-from pipeline.config import Params, load_params
+from pipeline.config import ConfigError, Params, load_params
 from pipeline.io import atomic_dir, write_parquet
-from pipeline.loso import loso_fold
+from pipeline.loso import fold_and_budget_problems, loso_fold
 from pipeline.micro_table import read_samples
 from pipeline.orchestration import (
     dask_task_runner,
@@ -52,7 +52,12 @@ def finetune_flow(arm: str, fold: int, params_path: str = "params.yaml") -> dict
     if arm not in active_arms(params.finetune):
         raise ValueError(f"arm {arm!r} is off: the active arms are {active_arms(params.finetune)} "
                          "(the baseline arm runs when finetune.baseline.folds is not empty)")
-    split = loso_fold(read_samples(params.paths.micro_dir, columns=["subject"])["subject"], fold)
+    table = read_samples(params.paths.micro_dir, columns=["subject", "label"])
+    budgets = params.finetune.label_budgets if ARMS[arm].label_efficiency else []
+    problems = fold_and_budget_problems(table["subject"], table["label"], {}, budgets)
+    if problems:  # checked before any training: a budget of every clip would train the full run again
+        raise ConfigError(f"{params_path}: " + "; ".join(problems))
+    split = loso_fold(table["subject"], fold)
     baseline = params.finetune.baseline
     model, size = ((baseline.model, baseline.image_size_px) if ARMS[arm].baseline
                    else ("miacnet", params.model.image_size_px))

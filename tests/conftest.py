@@ -50,8 +50,11 @@ def raw_params() -> dict:
 
 
 def shrink(raw: dict) -> dict:
-    """The real params, shrunk to a minutes-long CPU run: 3 subjects x 1 clip per class, 48 px, 1-2 epochs, 2 seeds."""
-    raw["synthesize"].update(n_subjects=3, macro_identities=2, clips_per_class=1, face_size_px=64,
+    """The real params, shrunk to a minutes-long CPU run: 3 subjects x 2 clips per class, 48 px, 1-2 epochs, 2 seeds.
+
+    Two clips per class, so that ``finetune.label_budgets: [1]`` is a point of the label-efficiency curve (a budget
+    of every clip is refused: it would be the full run again)."""
+    raw["synthesize"].update(n_subjects=3, macro_identities=2, clips_per_class=2, face_size_px=64,
                              macro_video_duration_s=2.0, macro_duration_s=[0.5, 1.0])
     raw["macro"].update(image_size_px=48)
     raw["micro"].update(image_size_px=48)

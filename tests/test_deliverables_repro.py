@@ -31,7 +31,7 @@ def test_final_models_have_cards_with_their_loso_metrics(shrunk_project):
         card = json.loads((work / "models" / "final" / f"{arm}.json").read_text())
         assert card["format"] == "ma2mi-model-card" and card["arm"] == arm and card["label"] == label
         assert card["loso"] == metrics[label] and card["run"] == metrics["run"]
-        assert card["trained_on"]["samples"] == 9 and len(card["trained_on"]["subjects"]) == 3
+        assert card["trained_on"]["samples"] == 18 and len(card["trained_on"]["subjects"]) == 3
         assert card["seed"] == 0 and card["recipe"]["epochs"] == 2 and len(card["training_curve"]) == 2
         assert card["preprocessing"]["image_size_px"] == 48 and card["input"]["model_size_px"] == 48
         assert (work / "models" / "final" / card["weights"]).is_file()
@@ -43,13 +43,13 @@ def test_attention_scores_every_held_out_clip_and_dvc_shows_them(shrunk_project)
     attention = json.loads((work / "results" / "attention" / "metrics.json").read_text())
     assert attention["ground_truth"] is True and attention["method"] == "gradcam"
     chance = attention["chance"]["mass_in_region"]
-    assert 0 < chance < 1 and attention["chance"]["clips"] == 9
+    assert 0 < chance < 1 and attention["chance"]["clips"] == 18
     for arm in ("ma2mi", "scratch", "ststnet"):
         assert 0 <= attention[arm]["mass_in_region"] <= 1 and 0 <= attention[arm]["pointing_hit_rate"] <= 1
-        assert attention[arm]["seeds"] == 2 and attention[arm]["clips"] == 9
+        assert attention[arm]["seeds"] == 2 and attention[arm]["clips"] == 18
     assert "mass_in_region" in attention["ma2mi_minus_scratch"]
     per_clip = pd.read_csv(work / "results" / "attention" / "per_clip.csv")
-    assert len(per_clip) == 3 * 2 * 9 and set(per_clip["fold"]) == {0, 1, 2}  # arms x seeds x clips
+    assert len(per_clip) == 3 * 2 * 18 and set(per_clip["fold"]) == {0, 1, 2}  # arms x seeds x clips
     with Image.open(work / "results" / "attention" / "examples.png") as image:
         image.verify()
     shown = _run(["dvc", "metrics", "show"], work, env).stdout

@@ -48,8 +48,8 @@ def test_the_card_says_how_the_model_was_trained_and_how_to_apply_it(demo):
     assert card["model"]["parameters"] == sum(p.numel() for p in demo["models"]["scratch"].parameters())
     assert card["recipe"] == params.finetune.recipe.model_dump(mode="json")
     assert card["seed"] == final_seed(params) == params.finetune.recipe.seeds[0]
-    assert card["trained_on"]["samples"] == 9 and len(card["trained_on"]["subjects"]) == 3
-    assert card["trained_on"]["per_class"] == {"negative": 3, "positive": 3, "surprise": 3}
+    assert card["trained_on"]["samples"] == 18 and len(card["trained_on"]["subjects"]) == 3
+    assert card["trained_on"]["per_class"] == {"negative": 6, "positive": 6, "surprise": 6}
     assert card["loso"] == LOSO["scratch"] and card["run"] == LOSO["run"]
     assert [row["epoch"] for row in card["training_curve"]] == [1]
     weights = torch.load(demo["final"] / card["weights"], map_location="cpu")

@@ -27,13 +27,13 @@ def test_repro_produces_metrics_for_both_arms_over_seeds(shrunk_project):
     evaluate = work / "results" / "evaluate"
     metrics = json.loads((evaluate / "metrics.json").read_text())
     samples = json.loads((work / "data" / "micro" / "summary.json").read_text())
-    assert samples["samples"] == 9 and samples["subjects"] == 3
+    assert samples["samples"] == 18 and samples["subjects"] == 3
     assert samples["classes"] == ["negative", "positive", "surprise"]
     assert "## Per subject and class" in (work / "data" / "micro" / "summary.md").read_text()
     assert metrics["run"]["seeds"] == [0, 1]
     per_seed = pd.read_csv(evaluate / "per_seed.csv")
     for arm in ("ma2mi", "scratch"):
-        assert metrics[arm]["n"] == 9 and metrics[arm]["seeds"] == 2  # each seed pools every LOSO fold once
+        assert metrics[arm]["n"] == 18 and metrics[arm]["seeds"] == 2  # each seed pools every LOSO fold once
         scores = per_seed[per_seed["arm"] == arm].set_index("seed")
         for score in ("accuracy", "uf1", "uar"):
             assert metrics[arm][score] == pytest.approx(scores[score].mean())
@@ -45,7 +45,7 @@ def test_repro_produces_metrics_for_both_arms_over_seeds(shrunk_project):
         predictions = predictions[predictions["label_budget"] == "all"]  # the ablation's own runs
         assert sorted(predictions["seed"].unique()) == [0, 1]
         for seed, part in predictions.groupby("seed"):
-            assert len(part) == 9 and part["sample_id"].is_unique
+            assert len(part) == 18 and part["sample_id"].is_unique
             assert scores.loc[seed, "uf1"] == pytest.approx(
                 f1_score(part["label"], part["predicted"], labels=[0, 1, 2], average="macro", zero_division=0))
     difference = (per_seed.pivot(index="seed", columns="arm", values="uf1").eval("ma2mi - scratch"))
@@ -141,7 +141,7 @@ def test_baseline_arm_runs_and_joins_the_ablation(shrunk_project, tmp_path):
     assert {"finetune_baseline@0", "finetune_baseline@1", "finetune_baseline@2", "evaluate"} <= ran
     assert not any(name.startswith(("finetune_ma2mi", "finetune_scratch", "pretrain", "ingest")) for name in ran)
     metrics = json.loads((copy / "results" / "evaluate" / "metrics.json").read_text())
-    assert metrics["resnet18-diff"]["n"] == 9 and metrics["resnet18-diff"]["seeds"] == 2
+    assert metrics["resnet18-diff"]["n"] == 18 and metrics["resnet18-diff"]["seeds"] == 2
     assert metrics["ma2mi"] == json.loads((work / "results" / "evaluate" / "metrics.json").read_text())["ma2mi"]
     predictions = pd.read_parquet(copy / "results" / "finetune" / "baseline" / "fold0" / "predictions.parquet")
     assert set(predictions["model"]) == {"resnet18-diff"} and set(predictions["seed"]) == {0, 1}
