@@ -20,7 +20,7 @@ import pandas as pd
 from pipeline.config import load_params
 from pipeline.distributed import resolve_device
 from pipeline.engine import seed_everything
-from pipeline.macro_data import MacroFrames
+from pipeline.macro_data import MacroFrames, macro_shards
 from pipeline.pretrain import pretrain
 
 
@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING)
     params = load_params(args.params)
     device = resolve_device(params.pretrain.device)
-    frames = MacroFrames(params.paths.macro_dir, params.model.image_size_px, params.pretrain.loader.cache_mb)
+    frames = MacroFrames(macro_shards(params.paths.macro_dir, params.macro.sources), params.model.image_size_px,
+                         params.pretrain.loader.cache_mb)
     pairs = args.pairs or params.pretrain.pairs_per_epoch
     rows = []
     for epochs in args.epochs:

@@ -35,13 +35,13 @@ import numpy as np, torch
 from pathlib import Path
 from pipeline.config import load_params
 from pipeline.engine import seed_everything
-from pipeline.macro_data import MacroFrames
+from pipeline.macro_data import MacroFrames, macro_shards
 from pipeline.pretrain import pretrain
 mode, macro_dir, params_path = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
 pairs, cache_mb = int(sys.argv[4]), float(sys.argv[5])
 params = load_params(params_path)
 settings = params.pretrain.model_copy(update={"epochs": 1, "pairs_per_epoch": pairs, "heldout_pairs": 32})
-frames = MacroFrames(macro_dir, params.model.image_size_px, cache_mb)
+frames = MacroFrames(macro_shards(macro_dir, params.macro.sources), params.model.image_size_px, cache_mb)
 if mode == "in-RAM":  # every frame decoded once into one tensor, as load_macro_frames did
     images = torch.stack([frames.image(i) for i in range(len(frames))])
     frames.image = lambda i: images[i]

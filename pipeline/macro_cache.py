@@ -37,7 +37,7 @@ from pipeline.align import make_detector
 from pipeline.config import MacroParams
 from pipeline.ingest_macro import INDEX_COLUMNS, VIDEO_COLUMNS, SourceItem, stream_video
 from pipeline.io import atomic_dir, atomic_path, write_json
-from pipeline.video import IMAGE_SUFFIXES
+from pipeline.video import IMAGE_SUFFIXES, natural_key
 
 __all__ = [
     "FRAME_SCHEMA",
@@ -67,7 +67,10 @@ FRAME_SCHEMA = pa.schema([("video", pa.string()), ("frame_index", pa.int64()), (
 
 
 def content_digest(item: SourceItem, chunk_bytes: int = 1 << 22) -> str:
-    """Hex sha256 of a video file's bytes, or of an image sequence's image files (names and bytes, in name order).
+    """Hex sha256 of a video file's bytes, or of an image sequence's image files (names and bytes, in frame order).
+
+    Frame order is :func:`pipeline.video.natural_key`'s, so a result cached when frames were read in name order
+    is not reused.
 
     ``"missing"`` when the input does not exist (its ingestion records the ``decode_error``).
     """
@@ -75,7 +78,8 @@ def content_digest(item: SourceItem, chunk_bytes: int = 1 << 22) -> str:
     if item.sequence_fps is not None:
         if not item.path.is_dir():
             return "missing"
-        files = sorted(p for p in item.path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted((p for p in item.path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
+                       key=lambda p: (natural_key(p.stem), p.name))
     else:
         if not item.path.is_file():
             return "missing"

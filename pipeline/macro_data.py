@@ -16,7 +16,7 @@ disjoint part of the training frames (every ``world_size``-th valid source frame
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,17 +29,42 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from pipeline.data import FuturePairSampler
 from pipeline.io import decode_jpeg
 
-__all__ = ["EpochPairs", "MacroFrames", "PairDataset", "pair_loader"]
+__all__ = ["EpochPairs", "MacroFrames", "PairDataset", "macro_shards", "pair_loader"]
 
 INDEX_COLUMNS = ["video", "frame_index", "time_s"]
 
 
+def macro_shards(macro_dir: Path, sources: Iterable[str]) -> list[Path]:
+    """The frame shards of the macro sources named ``sources`` (``macro.sources``), source by source in name order.
+
+    A source's shards are ``<macro_dir>/<source>/frames-*.parquet``, in name order.
+
+    Only the named sources' folders are read: not the folder of a source since removed from ``macro.sources``,
+    nor ``pipeline.io``'s leftovers of a killed stage (``.<name>.partial-*``, ``.<name>.old-*``), whose shards
+    would otherwise be read twice.
+
+    A source folder without shards is kept as it is (every video of it was skipped: its ``index.parquet`` says
+    why); :class:`MacroFrames` refuses an empty list.
+
+    Raises:
+        FileNotFoundError: a source has no folder (naming it and the stage that writes it).
+    """
+    shards = []
+    for source in sorted(sources):
+        folder = Path(macro_dir) / source
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: no folder of the macro source {source!r}; run "
+                                    f"`dvc repro ingest_macro@{source}`")
+        shards += sorted(folder.glob("frames-*.parquet"))
+    return shards
+
+
 class MacroFrames:
-    """Every stored frame of the macro sources under ``macro_dir``, read on demand.
+    """Every stored frame of the given macro shards, read on demand.
 
     Args:
-        macro_dir: ``paths.macro_dir``: one folder per source with ``frames-*.parquet`` shards (``video,
-            frame_index, time_s, image``; ``image`` JPEG or PNG bytes of an RGB face crop).
+        shards: the ``frames-*.parquet`` shards to read (:func:`macro_shards`): ``video, frame_index, time_s,
+            image`` columns; ``image`` JPEG or PNG bytes of an RGB face crop.
         size_px: the side frames are returned at (resized, bilinear with antialiasing, when stored otherwise).
         cache_mb: the per-process budget of the shard cache, megabytes of JPEG bytes (at least one shard is kept).
 
@@ -47,13 +72,13 @@ class MacroFrames:
         index: one row per stored frame, in shard order: ``video, frame_index, time_s``.
 
     Raises:
-        FileNotFoundError: no shard under ``macro_dir``.
+        FileNotFoundError: ``shards`` is empty.
     """
 
-    def __init__(self, macro_dir: Path, size_px: int, cache_mb: float = 512.0) -> None:
-        self.shards = sorted(Path(macro_dir).glob("*/frames-*.parquet"))  # one folder per macro source
+    def __init__(self, shards: Sequence[Path], size_px: int, cache_mb: float = 512.0) -> None:
+        self.shards = list(shards)
         if not self.shards:
-            raise FileNotFoundError(f"{macro_dir}: no <source>/frames-*.parquet shard; run the ingest_macro stages")
+            raise FileNotFoundError("no macro frame shard to read; run the ingest_macro stages")
         parts, shard_of, row_of = [], [], []
         for number, shard in enumerate(self.shards):
             table = pq.read_table(shard, columns=INDEX_COLUMNS).to_pandas()

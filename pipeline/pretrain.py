@@ -38,7 +38,7 @@ from pipeline.engine import (
     training_fingerprint,
 )
 from pipeline.io import write_json
-from pipeline.macro_data import EpochPairs, MacroFrames, pair_loader
+from pipeline.macro_data import EpochPairs, MacroFrames, macro_shards, pair_loader
 from pipeline.models.ma2mi import MA2MI
 
 __all__ = ["pretrain", "split_heldout", "train_and_save", "training_state_path"]
@@ -198,7 +198,7 @@ def training_state_path(params: Params) -> Path:
 
 def train_and_save(params: Params, out: Path, device: torch.device,
                    logger: logging.Logger | logging.LoggerAdapter) -> dict[str, float]:
-    """Pre-train MA2MI on ``params.paths.macro_dir``; rank 0 writes the outputs into ``out``.
+    """Pre-train MA2MI on the shards of ``macro.sources`` under ``paths.macro_dir``; rank 0 writes into ``out``.
 
     The whole job of the ``pretrain`` stage, in one process or in every rank of ``torchrun``. Outputs (rank 0;
     the same files whatever the number of ranks): ``encoder.pt`` (``encoder``: the branch weights, ``decoder``:
@@ -207,7 +207,7 @@ def train_and_save(params: Params, out: Path, device: torch.device,
     so nothing is written outside ``out``).
 
     Args:
-        params: all params (``model``, ``pretrain``, the paths).
+        params: all params (``model``, ``pretrain``, ``macro.sources``: whose shards are read, the paths).
         out: the output folder.
         device: this rank's device.
         logger: where the start-up line goes (the flow's logger, or the rank's).
@@ -216,16 +216,17 @@ def train_and_save(params: Params, out: Path, device: torch.device,
         The last epoch's metrics (see :func:`pretrain`), the same on every rank.
 
     Raises:
-        FileNotFoundError, ValueError: as :class:`pipeline.macro_data.MacroFrames` and :func:`pretrain`.
+        FileNotFoundError, ValueError: as :func:`pipeline.macro_data.macro_shards` and :func:`pretrain`.
     """
     world = rank_info()
     seed_everything(rank_seed(params.pretrain.seed, world.rank))
-    frames = MacroFrames(params.paths.macro_dir, params.model.image_size_px, params.pretrain.loader.cache_mb)
+    shards = macro_shards(params.paths.macro_dir, params.macro.sources)  # only macro.sources, no leftover
+    frames = MacroFrames(shards, params.model.image_size_px, params.pretrain.loader.cache_mb)
     logger.info("%d frames from %d videos in %d shards on %s (rank %d of %d)", len(frames),
                 frames.index["video"].nunique(), len(frames.shards), device, world.rank, world.world_size)
     fingerprint = training_fingerprint({"model": params.model.model_dump(mode="json"),
                                         "pretrain": params.pretrain.model_dump(mode="json", exclude={"loader"})},
-                                       sorted(params.paths.macro_dir.glob("*/frames-*.parquet")))
+                                       shards)
     run = {"state_path": training_state_path(params), "fingerprint": fingerprint}
     if not world.is_main:
         return pretrain(frames, params.model, params.pretrain, device, None, **run)[1]

@@ -11,6 +11,7 @@ an older checkpoint holds only the branches, and then only the pairs and the cop
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ _MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1)  # undo pipeline.da
 _STD = torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1)
 
 
-def heldout_pairs(macro_dir: Path, params: PretrainParams, n_pairs: int,
+def heldout_pairs(shards: Sequence[Path], params: PretrainParams, n_pairs: int,
                   size_px: int) -> tuple[torch.Tensor, torch.Tensor, pd.DataFrame]:
     """``n_pairs`` (source, future) frame pairs of the held-out videos, seeded by ``pretrain.seed``.
 
@@ -39,16 +40,15 @@ def heldout_pairs(macro_dir: Path, params: PretrainParams, n_pairs: int,
         ``(sources, futures, pairs)``: ``(n, 3, S, S) uint8`` each, and ``video, source_s, future_s`` per pair.
 
     Raises:
-        FileNotFoundError: no frame of a held-out video in ``macro_dir``'s shards.
+        FileNotFoundError: no frame of a held-out video in ``shards`` (:func:`pipeline.macro_data.macro_shards`).
     """
-    shards = sorted(macro_dir.glob("*/frames-*.parquet"))
     videos = list(params.heldout_videos)
     parts = [pd.read_parquet(shard, columns=["video", "time_s", "image"], filters=[("video", "in", videos)])
              for shard in shards]
     table = pd.concat([p for p in parts if len(p)] or [pd.DataFrame(columns=["video", "time_s", "image"])],
                       ignore_index=True)
     if table.empty:
-        raise FileNotFoundError(f"{macro_dir}: no frame of the held-out videos {videos} in */frames-*.parquet")
+        raise FileNotFoundError(f"no frame of the held-out videos {videos} in the {len(shards)} macro shards")
     sampler = FuturePairSampler(table[["video", "time_s"]], params.horizon_s)
     source, future = sampler.sample(n_pairs, np.random.default_rng(params.seed))
     pairs = pd.DataFrame({"video": table["video"].to_numpy()[source], "source_s": table["time_s"].to_numpy()[source],

@@ -17,6 +17,7 @@ import math
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import cv2
@@ -34,6 +35,7 @@ __all__ = [
     "confirm_detections",
     "crop_matrix",
     "key_positions",
+    "natural_key",
     "open_sequence",
     "probe_video",
     "smooth_box_track",
@@ -161,17 +163,38 @@ def _capture_info(path: Path) -> VideoInfo | None:
         capture.release()
 
 
-def open_sequence(folder: Path, fps: float) -> tuple[list[Path], VideoInfo]:
-    """The image files of a sequence folder (e.g. CK+ ``S005/001/``) in name order, and its :class:`VideoInfo`.
+def natural_key(name: str) -> tuple:
+    """Sort key of a frame file's stem in natural order: digit runs compare as numbers, text case-insensitively.
 
-    The size is the first image's.
+    ``img2`` comes before ``img10`` (name order puts ``img10, img11, …`` before ``img2``), and
+    ``S005_001_00000009`` before ``S005_001_00000010``.
+
+    Example:
+        >>> sorted(["img10", "img2", "img1"], key=natural_key)
+        ['img1', 'img2', 'img10']
+    """
+    return tuple(int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name))
+
+
+def open_sequence(folder: Path, fps: float) -> tuple[list[Path], VideoInfo]:
+    """The image files of a sequence folder (e.g. CK+ ``S005/001/``) in frame order, and its :class:`VideoInfo`.
+
+    Frame order is the natural order of the file names (:func:`natural_key`): ``img1, img2, …, img10``, as CK+
+    and most sequence datasets number their frames without zero padding or with it. The size is the first image's.
 
     Raises:
-        VideoDecodeError: no image file, or the first one is unreadable.
+        VideoDecodeError: no image file; two files at the same place in that order (``img01.png`` and
+            ``img1.png``, or ``img1.png`` and ``img1.jpg``: which frame comes first is unknown; both are named);
+            or the first one is unreadable.
     """
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
-    if not files:
+    images = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES] if folder.is_dir() else []
+    if not images:
         raise VideoDecodeError(f"{folder}: no image files")
+    files = sorted(images, key=lambda p: (natural_key(p.stem), p.name))
+    for before, after in pairwise(files):
+        if natural_key(before.stem) == natural_key(after.stem):
+            raise VideoDecodeError(f"{folder}: {before.name} and {after.name} have the same frame number, so their "
+                                   "order is unknown; keep one of them")
     first = cv2.imread(str(files[0]), cv2.IMREAD_COLOR)
     if first is None:
         raise VideoDecodeError(f"{files[0]}: not a readable image")

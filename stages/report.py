@@ -20,6 +20,7 @@ from prefect.artifacts import create_markdown_artifact
 from pipeline.cards import read_cards
 from pipeline.config import Params, load_params
 from pipeline.io import atomic_path
+from pipeline.macro_data import macro_shards
 from pipeline.micro_table import read_classes
 from pipeline.orchestration import flow, get_run_logger, run_stage
 from pipeline.pretrain_examples import heldout_pairs, load_ma2mi, pairs_figure, predict_futures
@@ -42,7 +43,8 @@ def _pretrain_examples(params: Params) -> tuple[bytes | None, str]:
         return None, "report.pretrain_examples is 0."
     size = params.model.image_size_px
     try:
-        sources, futures, pairs = heldout_pairs(params.paths.macro_dir, params.pretrain,
+        sources, futures, pairs = heldout_pairs(macro_shards(params.paths.macro_dir, params.macro.sources),
+                                                params.pretrain,
                                                 params.report.pretrain_examples, size)
     except (FileNotFoundError, ValueError) as err:
         return None, f"No held-out pairs: {err}"

@@ -57,13 +57,15 @@ def _write_params(tmp: Path, raw_params: dict, nproc: int) -> Path:
 
 
 def _write_macro_frames(macro_dir: Path) -> None:
-    """Two 12-frame videos at 10 fps (``src/a`` trained on, ``src/b`` held out) of random 32 px images."""
+    """Two 12-frame videos at 10 fps (``src/a`` trained on, ``src/b`` held out) of random 32 px images, as the
+    ``demo`` source's shard (pre-training reads the sources of ``macro.sources``; ``samples`` has none)."""
     rng = np.random.default_rng(0)
     images = [encode_png(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(24)]
     frames = pd.DataFrame({"video": np.repeat(["src/a", "src/b"], 12), "frame_index": np.tile(np.arange(12), 2),
                            "time_s": np.tile(np.arange(12) / 10.0, 2), "image": images})
-    (macro_dir / "src").mkdir(parents=True)
-    frames.to_parquet(macro_dir / "src" / "frames-000.parquet", index=False)
+    (macro_dir / "demo").mkdir(parents=True)
+    (macro_dir / "samples").mkdir()
+    frames.to_parquet(macro_dir / "demo" / "frames-000.parquet", index=False)
 
 
 def _torchrun(params: Path, out: Path, module: str = "pipeline.pretrain_ddp", pythonpath: str = str(REPO)) -> str:

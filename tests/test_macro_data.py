@@ -7,14 +7,15 @@ import pytest
 import torch
 
 from pipeline.data import images_to_tensor
-from pipeline.macro_data import EpochPairs, MacroFrames, pair_loader
+from pipeline.macro_data import EpochPairs, MacroFrames, macro_shards, pair_loader
 from tests.test_resume import write_macro_shards
 
 
 @pytest.fixture()
 def frames(tmp_path) -> MacroFrames:
     write_macro_shards(tmp_path / "macro", videos=("a", "b", "c"), frames_per_video=20)
-    return MacroFrames(tmp_path / "macro", 32, cache_mb=0.004)  # a 4 KB cache: shards are read again and again
+    # a 4 KB cache: shards are read again and again
+    return MacroFrames(macro_shards(tmp_path / "macro", ["src"]), 32, cache_mb=0.004)
 
 
 def test_frames_equal_the_in_memory_decode_and_the_cache_stays_bounded(frames):

@@ -89,7 +89,7 @@ def write_macro_shards(macro_dir, videos=("a", "b"), frames_per_video=12, side=3
 def test_pretraining_resume_equals_uninterrupted(tmp_path, raw_params, workers):
     import yaml
 
-    from pipeline.macro_data import MacroFrames
+    from pipeline.macro_data import MacroFrames, macro_shards
     from pipeline.pretrain import pretrain
 
     raw = shrink(raw_params)
@@ -99,7 +99,7 @@ def test_pretraining_resume_equals_uninterrupted(tmp_path, raw_params, workers):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     params = load_params(tmp_path / "params.yaml")
     write_macro_shards(tmp_path / "macro")
-    frames = MacroFrames(tmp_path / "macro", 32)
+    frames = MacroFrames(macro_shards(tmp_path / "macro", ["src"]), 32)
 
     def run(**kwargs):
         seed_everything(0)
