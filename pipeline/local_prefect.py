@@ -2,10 +2,13 @@
 
 Without ``PREFECT_API_URL`` every stage process starts and stops Prefect's ephemeral API, about 7 s per process on
 a 2-core machine (``benchmarks/orchestration_overhead.py``); a running server costs about 1 s. This starts one
-``prefect server start --no-services`` on 127.0.0.1 (a free port, its SQLite database under ``--home``), runs the
-command with ``PREFECT_API_URL`` pointing at it, and stops the server afterwards. The flow runs stay in the
-database: ``PREFECT_HOME=<home> prefect server start`` shows them in the UI later. With ``PREFECT_API_URL``
-already set, the command simply runs against that server.
+``prefect server start`` on 127.0.0.1 (a free port, its SQLite database under ``--home``), runs the command with
+``PREFECT_API_URL`` pointing at it, and stops the server afterwards. The server runs only the two services that
+record what ran (:data:`SERVER_SERVICES`): the task run recorder, which turns the task runs' events into the task
+runs a flow run's page lists (the ingest videos, synthesis items and fold training runs, with their states and
+durations), and the event persister; schedulers, triggers and the other services of a deployment server stay off.
+The runs stay in the database: ``PREFECT_HOME=<home> prefect server start`` shows them in the UI later. With
+``PREFECT_API_URL`` already set, the command simply runs against that server.
 
 Likewise, unless ``DASK_SCHEDULER_ADDRESS`` is set (or ``--dask-workers 0``), it starts one local Dask cluster
 (``dask scheduler`` and ``dask worker`` with one thread per worker process, one process per core) and passes its
@@ -41,8 +44,8 @@ from pathlib import Path
 import httpx
 import yaml
 
-__all__ = ["DASK_WORKER_CONFIG", "GRACE_S", "LOOPBACK", "die_with_parent", "free_port", "local_dask_cluster",
-           "local_server", "run_command", "wait_for_api"]
+__all__ = ["DASK_WORKER_CONFIG", "GRACE_S", "LOOPBACK", "SERVER_SERVICES", "die_with_parent", "free_port",
+           "local_dask_cluster", "local_server", "run_command", "wait_for_api"]
 
 DEFAULT_HOME = Path(".cache/prefect")
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
@@ -55,6 +58,15 @@ SHELLS = frozenset({"sh", "dash", "bash", "zsh"})  # a `sh -c` between dvc and t
 # and a fine-tuning run took 14.8 s instead of 8.3 s (system time 5.3 s instead of 0.7 s) on 2 CPU cores. Unset
 # (None) here.
 DASK_WORKER_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+# The local server's services: on, those that record task runs and events (Prefect 3 records a task run from the
+# events its client sends, so without the recorder a flow run shows no task run); off, the rest (schedules,
+# automations, late and cancelled runs, work pools: nothing here is deployed or scheduled).
+SERVER_SERVICES = {
+    "task_run_recorder": True, "event_persister": True,
+    "scheduler": False, "late_runs": False, "foreman": False, "cancellation_cleanup": False,
+    "pause_expirations": False, "repossessor": False, "triggers": False, "event_logger": False,
+    "db_vacuum": False, "cleanup_reconciler": False,
+}
 
 
 def free_port() -> int:
@@ -178,11 +190,13 @@ def die_with_parent(poll_s: float = 0.5) -> list[int]:
 
 
 @contextlib.contextmanager
-def local_server(home: Path = DEFAULT_HOME, timeout_s: float = 120) -> Iterator[str]:
-    """A ``prefect server start --no-services`` on 127.0.0.1 with ``PREFECT_HOME=home``.
+def local_server(home: Path = DEFAULT_HOME, timeout_s: float = 120,
+                 services: dict[str, bool] | None = None) -> Iterator[str]:
+    """A ``prefect server start`` on 127.0.0.1 with ``PREFECT_HOME=home`` and the services of :data:`SERVER_SERVICES`.
 
     Yields its API URL and stops it (SIGTERM, then SIGKILL after 20 s) on exit. Its output goes to
-    ``<home>/server.log``.
+    ``<home>/server.log``. ``services`` (service name -> on) replaces :data:`SERVER_SERVICES` (for
+    ``benchmarks/server_services.py``, which measures what the recording services cost).
 
     Raises:
         RuntimeError, TimeoutError: the server did not come up (see :func:`wait_for_api`; the log names why).
@@ -190,11 +204,13 @@ def local_server(home: Path = DEFAULT_HOME, timeout_s: float = 120) -> Iterator[
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(home.resolve()), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {**os.environ, "PREFECT_HOME": str(home.resolve()), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           **{f"PREFECT_SERVER_SERVICES_{name.upper()}_ENABLED": str(on).lower()
+              for name, on in (SERVER_SERVICES if services is None else services).items()}}
     env.pop("PREFECT_API_URL", None)
     with open(home / "server.log", "ab") as log:
         server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                                   "--port", str(port), "--no-services"], env=env, stdout=log,
+                                   "--port", str(port)], env=env, stdout=log,
                                   stderr=subprocess.STDOUT, start_new_session=True,
                                   preexec_fn=_die_with(os.getpid()))
     try:
