@@ -8,7 +8,7 @@ Usage:
    and runs a trivial flow, with Prefect's ephemeral API (no ``PREFECT_API_URL``: what each DVC stage pays offline)
    and against a running server; median of ``--repeats`` runs each (after one warm-up), minus the median of the
    same process without the flow (imports only). Multiplied by the number of DVC stages of the real params.yaml
-   and divided by the demo's wall time (``--demo-wall-s``, from README "Measured").
+   and divided by the demo's wall time (``--demo-wall-s``, from docs/benchmarks.md, "The demo's time").
 2. Fold throughput: the shrunk test config (tests/conftest.py) in a temporary git repo with a local-folder DVC
    remote, a real server (127.0.0.1, temporary PREFECT_HOME), ``prefect deploy --all``, the coordinator on a
    ``cpu`` worker and 1, then 2, ``gpu`` process workers (``--limit 1``); the dispatch phase is timed from the

@@ -6,7 +6,7 @@ Pre-trains MA2MI from scratch once per budget, on the frames the ``ingest_macro`
 ``paths.macro_dir`` (run ``dvc repro pretrain`` first, or at least the ingest stages), with every other setting from
 ``params.yaml`` (the cosine schedule spans each run's own epochs, as in the pipeline), and prints one row per budget:
 epochs, pairs per epoch, the budget (pairs seen), the held-out ratio of the last epoch and the wall time. The
-demo's ``pretrain.epochs`` is chosen from this curve (README, "The demo").
+demo's ``pretrain.epochs`` is chosen from this curve (docs/data.md, "The demo, and why its proportions").
 """
 
 from __future__ import annotations

@@ -64,8 +64,8 @@ def check_micro(params: Params) -> dict:
         problems.append(f"micro.detector: {micro.detector!r} is not a face detector; known: {', '.join(DETECTORS)}")
     if micro.dataset != "demo" and not Path(micro.root).is_dir():
         problems.append(f"micro.root: {micro.root} is not a folder; set micro.root in params.yaml to the "
-                        f"{micro.dataset} dataset's folder as distributed (README, 'Your own data', shows the tree "
-                        "it must contain)")
+                        f"{micro.dataset} dataset's folder as distributed (docs/data.md, 'Your own data', shows "
+                        "the tree it must contain)")
     for key in ("annotation", "smic_apex"):
         path = getattr(micro, key)
         if path is not None and not Path(path).is_file():

@@ -1,4 +1,4 @@
-"""Scale-out on a real Prefect server and real workers (pipeline/scaleout.py, prefect.yaml; README "Scaling out").
+"""Scale-out on a real Prefect server and real workers (pipeline/scaleout.py, prefect.yaml; docs/scaling.md).
 
 One setup for the module, loopback only: ``prefect server start`` (temporary PREFECT_HOME, SQLite), the ``cpu`` and
 ``gpu`` process pools, ``prefect deploy --all`` of the project's prefect.yaml, a ``cpu`` worker for the coordinator
@@ -81,8 +81,8 @@ def cluster(shrunk_project, tmp_path_factory, repo):
 
 def _kill_worker_during_a_fold(cluster: Cluster, worker: str, timeout: float) -> str:
     """Wait until a fold stage's command has run for 2 s under ``worker`` (not the faulty fold), SIGKILL the worker
-    and all its descendants, and mark that flow run Crashed, as Prefect's zombie automation would (README). Returns
-    the fold's name."""
+    and all its descendants, and mark that flow run Crashed, as Prefect's zombie automation would (docs/scaling.md).
+    Returns the fold's name."""
     deadline = time.monotonic() + timeout
     root = psutil.Process(cluster.procs.procs[worker].pid)
     while time.monotonic() < deadline:
