@@ -110,7 +110,7 @@ def test_a_killed_local_runtime_leaves_no_server_or_worker_behind(tmp_path):
         children = psutil.Process(runtime.pid).children(recursive=True)
         command = [p for p in children if p.name() == "sleep"]  # the caller's command: not tied to the runtime
         helpers = [p for p in children if p not in command]
-        names = " ".join(" ".join(p.cmdline()) for p in helpers)
+        names = " ".join(" ".join(_cmdline(p)) for p in helpers)
         assert "prefect" in names and "dask_scheduler" in names and "dask_worker" in names, names
         sigkill_leaves_none_behind(runtime, helpers, "runtime")
     finally:
@@ -122,6 +122,17 @@ def test_a_killed_local_runtime_leaves_no_server_or_worker_behind(tmp_path):
         for process in command:
             with contextlib.suppress(psutil.NoSuchProcess):
                 process.kill()
+
+
+def _cmdline(process) -> list[str]:
+    """A process's command line, [] if it ended meanwhile (the server's and Dask's short-lived helpers do: the one
+    listed and gone before its line was read failed this test once)."""
+    import psutil
+
+    try:
+        return process.cmdline()
+    except psutil.NoSuchProcess:
+        return []
 
 
 SLEEPER = """
