@@ -22,9 +22,9 @@ install: $(VENV)/.installed
 
 # one local Prefect server for the whole run (its database in .cache/prefect) instead of an ephemeral API per stage
 demo: install
-	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pipeline.local_prefect -- dvc repro
+	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pipeline.orchestration.local_prefect -- dvc repro
 	PATH="$(CURDIR)/$(BIN):$$PATH" dvc metrics show
-	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pipeline.summary   # arms x accuracy / UF1 / UAR (mean ± std over seeds), the report
+	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pipeline.evaluate.summary   # arms x accuracy / UF1 / UAR (mean ± std over seeds), the report
 
 # lint first (ruff, rules in pyproject.toml), then every test and the library's doctests
 test: install

@@ -5,7 +5,7 @@
 Renders the demo (the params.yaml ``synthesize`` section, with the subjects and clips asked for) into a
 temporary folder and, for every micro clip's onset frame and every ``--macro-every``-th NEUTRAL macro frame
 (no expression under way: the ground truth is the neutral face's landmarks under head motion), computes the
-crop / alignment transform of each detector (``none``, ``haar``, ``mtcnn``; :func:`pipeline.align.clip_matrix`)
+crop / alignment transform of each detector (``none``, ``haar``, ``mtcnn``; :func:`pipeline.face.align.clip_matrix`)
 and maps the five TRUE landmarks (eyes, nose tip, mouth corners) through it.
 
 The error of a point is its distance, in px of the ``--size`` crop, from its canonical position. Each detector's
@@ -18,7 +18,7 @@ sub-pixel motion needs. Printed: per detector and footage, frames with a
 face, median and 95th percentile of the point errors, and the detector's cost per frame (median, this CPU).
 
 The last rows run macro ingestion itself on every frame of each macro video (``macro.detector`` haar or mtcnn:
-key frames ``detect_every_s`` apart, the track confirmed, interpolated and smoothed; ``pipeline.ingest_macro``)
+key frames ``detect_every_s`` apart, the track confirmed, interpolated and smoothed; ``pipeline.ingest.macro``)
 and score each stored frame's transform the same way, with the wall time per decoded frame (decoding included).
 """
 
@@ -34,8 +34,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from pipeline.align import apply_matrix, canonical_template, clip_matrix, make_detector, similarity_matrix
 from pipeline.config import load_params
+from pipeline.face.align import apply_matrix, canonical_template, clip_matrix, make_detector, similarity_matrix
 from pipeline.synth import render_demo
 from pipeline.synth.demo import LANDMARK_COLUMNS
 
@@ -95,7 +95,7 @@ def measure(frames: list[tuple[np.ndarray, np.ndarray]], detector_name: str, siz
 
 def measure_macro_track(macro_dir: Path, detector_name: str, size: int) -> dict:
     """Point errors of every frame the macro ingestion stores with ``macro.detector: detector_name``."""
-    from pipeline.ingest_macro import track_video
+    from pipeline.ingest.macro import track_video
 
     params = load_params("params.yaml").macro.model_copy(update={"detector": detector_name, "image_size_px": size})
     truth = pd.read_parquet(macro_dir / "landmarks.parquet")

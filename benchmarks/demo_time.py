@@ -3,7 +3,8 @@
 Usage:
     python -m benchmarks.demo_time [--home .cache/prefect] [--workers 2]
 
-Reads the flow runs of the last ``make demo`` (``pipeline.local_prefect`` keeps them in ``<home>/prefect.db``),
+Reads the flow runs of the last ``make demo`` (``pipeline.orchestration.local_prefect`` keeps them in
+``<home>/prefect.db``),
 from its last ``samples`` flow to the ``report`` flow after it:
 
 1. Per kind of stage (flow name; fold stages by arm): how many ran, the time inside their flows, and the time

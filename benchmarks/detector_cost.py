@@ -1,4 +1,5 @@
-"""Cost per frame of the face detectors: OpenCV Haar (pipeline.video) vs MTCNN (pipeline.align), as a markdown table.
+"""Cost per frame of the face detectors: OpenCV Haar (pipeline.face.video) vs MTCNN (pipeline.face.align), as a
+markdown table.
 
 Usage:
     python -m benchmarks.detector_cost [--video-dir ../shared/datasets/videos] [--videos a.mp4 b.mp4]
@@ -34,8 +35,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from pipeline.align import MtcnnDetector
-from pipeline.video import HaarFaceDetector
+from pipeline.face.align import MtcnnDetector
+from pipeline.face.video import HaarFaceDetector
 
 log = logging.getLogger("detector_cost")
 

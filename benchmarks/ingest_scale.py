@@ -55,8 +55,8 @@ cv2.setNumThreads(1)
 import decord
 import numpy as np
 from pipeline.config import load_params
-import pipeline.ingest_macro as im
-from pipeline.video import FrameSource, HaarFaceDetector
+import pipeline.ingest.macro as im
+from pipeline.face.video import FrameSource, HaarFaceDetector
 
 path, params_path = Path(sys.argv[1]), sys.argv[2]
 params = load_params(params_path).macro
@@ -197,9 +197,9 @@ def speedup(work: Path, params_path: Path, n_clips: int) -> None:
 
 def face_crops(params_path: Path, size: int) -> list[np.ndarray]:
     """Every ``ok`` crop of the sample videos at ``size`` px, (size, size, 3) uint8 RGB."""
-    import pipeline.ingest_macro as im
+    import pipeline.ingest.macro as im
     from pipeline.config import load_params
-    from pipeline.video import FrameSource, HaarFaceDetector
+    from pipeline.face.video import FrameSource, HaarFaceDetector
 
     params = load_params(params_path).macro.model_copy(update={"image_size_px": size})
     crops = []

@@ -4,7 +4,7 @@ Usage:
     python -m benchmarks.orchestration_overhead [--repeats 7] [--demo-wall-s 551] [--workers 1 2]
         [--skip-throughput]
 
-1. Flow start-up per process: a fresh Python process imports the stages' Prefect glue (``pipeline.orchestration``)
+1. Flow start-up per process: a fresh Python process imports the stages' Prefect glue (``pipeline.orchestration.stage``)
    and runs a trivial flow, with Prefect's ephemeral API (no ``PREFECT_API_URL``: what each DVC stage pays offline)
    and against a running server; median of ``--repeats`` runs each (after one warm-up), minus the median of the
    same process without the flow (imports only). Multiplied by the number of DVC stages of the real params.yaml
@@ -41,9 +41,9 @@ from tests.prefect_harness import Processes, api, prefect_env, run, start_server
 
 log = logging.getLogger("orchestration_overhead")
 
-IMPORT_ONLY = "import pipeline.orchestration"
+IMPORT_ONLY = "import pipeline.orchestration.stage"
 TRIVIAL_FLOW = """
-from pipeline.orchestration import flow
+from pipeline.orchestration.stage import flow
 
 @flow(name="noop")
 def noop() -> int:
@@ -82,7 +82,7 @@ def flow_startup(repeats: int, demo_wall_s: float) -> str:
         home = Path(tmp) / "prefect"
         api_url = start_server(procs, home)
         local = prefect_env(Path(tmp) / "ephemeral")  # its own SQLite database, not the server's
-        rows = {"imports only (`import pipeline.orchestration`)": _median_wall_s(IMPORT_ONLY, local, repeats)}
+        rows = {"imports only (`import pipeline.orchestration.stage`)": _median_wall_s(IMPORT_ONLY, local, repeats)}
         log.info("imports only: %.2f s", rows[next(iter(rows))])
         rows["trivial flow, ephemeral API (no `PREFECT_API_URL`)"] = _median_wall_s(TRIVIAL_FLOW, local, repeats)
         rows["trivial flow, running server (`PREFECT_API_URL`)"] = _median_wall_s(

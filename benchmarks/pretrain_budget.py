@@ -18,10 +18,10 @@ import time
 import pandas as pd
 
 from pipeline.config import load_params
-from pipeline.distributed import resolve_device
-from pipeline.engine import seed_everything
-from pipeline.macro_data import MacroFrames, macro_shards
-from pipeline.pretrain import pretrain
+from pipeline.data.macro import MacroFrames, macro_shards
+from pipeline.train.distributed import resolve_device
+from pipeline.train.engine import seed_everything
+from pipeline.train.pretrain import pretrain
 
 
 def main(argv: list[str] | None = None) -> None:

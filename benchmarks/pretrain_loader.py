@@ -6,8 +6,8 @@ Builds corpora from the demo's ingested shards (``paths.macro_dir``; run ``dvc r
 ``--copies`` times (each copy's videos renamed, so that they are distinct videos), and for each, in a fresh child
 process:
 
-- ``streaming``: :class:`pipeline.macro_data.MacroFrames` (shard cache of ``--cache-mb``) and one pre-training
-  epoch of ``--pairs`` pairs through :func:`pipeline.pretrain.pretrain` (the stage's own code path);
+- ``streaming``: :class:`pipeline.data.macro.MacroFrames` (shard cache of ``--cache-mb``) and one pre-training
+  epoch of ``--pairs`` pairs through :func:`pipeline.train.pretrain.pretrain` (the stage's own code path);
 - ``in-RAM``: the path this project used before (every frame decoded into one uint8 tensor, pairs gathered by
   index), for the smallest corpus only (it holds 37.6 KB per 112 px frame).
 
@@ -34,9 +34,9 @@ import json, resource, sys, time
 import numpy as np, torch
 from pathlib import Path
 from pipeline.config import load_params
-from pipeline.engine import seed_everything
-from pipeline.macro_data import MacroFrames, macro_shards
-from pipeline.pretrain import pretrain
+from pipeline.train.engine import seed_everything
+from pipeline.data.macro import MacroFrames, macro_shards
+from pipeline.train.pretrain import pretrain
 mode, macro_dir, params_path = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
 pairs, cache_mb = int(sys.argv[4]), float(sys.argv[5])
 params = load_params(params_path)
@@ -47,7 +47,7 @@ if mode == "in-RAM":  # every frame decoded once into one tensor, as load_macro_
     frames.image = lambda i: images[i]
 seed_everything(0)
 epoch_s = []
-import pipeline.engine as engine
+import pipeline.train.engine as engine
 train = engine.train_one_epoch
 def timed(*args, **kwargs):
     start = time.perf_counter(); out = train(*args, **kwargs); epoch_s.append(time.perf_counter() - start); return out

@@ -1,5 +1,6 @@
 """What the local Prefect server's recording services cost (issue 23): a stage-like flow against a server with
-the task run recorder and event persister on (``pipeline.local_prefect.SERVER_SERVICES``) and with every service
+the task run recorder and event persister on (``pipeline.orchestration.local_prefect.SERVER_SERVICES``) and with every
+service
 off (what ``prefect server start --no-services`` ran before).
 
 Usage:
@@ -28,12 +29,12 @@ from pathlib import Path
 import httpx
 import psutil
 
-from pipeline.local_prefect import SERVER_SERVICES, local_dask_cluster, local_server
+from pipeline.orchestration.local_prefect import SERVER_SERVICES, local_dask_cluster, local_server
 
 FLOW = textwrap.dedent('''
     import sys, time
     from prefect import flow
-    from pipeline.orchestration import dask_task_runner, stage_task
+    from pipeline.orchestration.stage import dask_task_runner, stage_task
 
     @stage_task
     def work(x: int) -> int:

@@ -1,4 +1,4 @@
-"""Model cards on disk: how a final model's ``<arm>.json`` is recognised and read (writer: :mod:`pipeline.final`).
+"""Model cards on disk: how a final model's ``<arm>.json`` is recognised and read (writer: :mod:`pipeline.train.final`).
 
 A card is a JSON object whose ``format`` is :data:`CARD_FORMAT`; ``format_version`` says which fields it has.
 This module is small on purpose: readers (the report, ``ma2mi predict``) need it without the training code.

@@ -171,7 +171,7 @@ class MicroParams(_Section):
     casme2_frames: Literal["cropped", "raw"]
     smic_labels: Literal["folders", "sheet"]  # SMIC-HS: labels from folders (HS/s1/micro/<class>/…) | HS-E sheet
     smic_apex: Path | None  # CSV (subject, clip, apex_frame) of spotted SMIC apexes; None = middle frame
-    detector: str  # a key of pipeline.align.DETECTORS: none (pre-cropped) | haar | mtcnn (5 landmarks, similarity)
+    detector: str  # a key of pipeline.face.align.DETECTORS: none (pre-cropped) | haar | mtcnn (5 landmarks, similarity)
     box_scale: Float = Field(gt=0)  # haar: square crop side = scale * detected box side
     align_margin: Float = Field(ge=0)  # mtcnn: the ArcFace template shrunk by 1 / (1 + margin) (brows to chin)
     image_size_px: Int = Field(ge=16)
@@ -356,7 +356,7 @@ class Params(_Section):
                 f"micro.root is {self.micro.root} but micro.dataset is 'demo', whose root is "
                 f"paths.demo_micro_dir = {self.paths.demo_micro_dir}"
             )
-        # checked here too (pipeline.final.check_final_arm checks again when the stage runs), so that a
+        # checked here too (pipeline.train.final.check_final_arm checks again when the stage runs), so that a
         # `dvc exp run` that switches the baseline model fails at once, not after hours of fold training
         if self.micro.dataset == "demo":  # the demo's subjects and clips are known before anything runs
             self._demo_folds_and_budgets()

@@ -1,7 +1,7 @@
 """Reading annotation sheets and CSV lists (``.xlsx``, ``.xls``, ``.csv``) as text, with the row numbers people see.
 
 Used by the micro-expression adapters (:mod:`pipeline.datasets`) and by macro sources that list their videos in a
-CSV (:mod:`pipeline.ingest_macro`); it imports neither, so each depends on exactly the code it uses.
+CSV (:mod:`pipeline.ingest.macro`); it imports neither, so each depends on exactly the code it uses.
 """
 
 from __future__ import annotations

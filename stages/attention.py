@@ -1,6 +1,7 @@
 """DVC stage ``attention``: where the LOSO fold models look on their held-out clips, and localisation scores.
 
-The logic is :mod:`pipeline.attention`, :mod:`pipeline.heatmap` and :mod:`pipeline.localisation`. For every
+The logic is :mod:`pipeline.evaluate.attention`, :mod:`pipeline.models.heatmap` and
+:mod:`pipeline.evaluate.localisation`. For every
 active arm, fold and seed, the fold model's heat maps (``attention.method``) on its held-out clips; with the demo's
 ground-truth AU masks under ``micro.root``, each is scored: the share of the heat map's mass inside the clip's
 true AU region and the pointing game (its maximum inside), per arm mean ± std over seeds, the paired
@@ -15,7 +16,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from pipeline.attention import (
+from pipeline.config import load_params
+from pipeline.data.micro_table import read_classes, read_samples
+from pipeline.evaluate.attention import (
     attention_metrics,
     example_rows,
     examples_figure,
@@ -24,12 +27,10 @@ from pipeline.attention import (
     read_regions,
     score_clips,
 )
-from pipeline.config import load_params
-from pipeline.distributed import resolve_device
+from pipeline.evaluate.localisation import MASK_DIR
 from pipeline.io import atomic_dir, write_json
-from pipeline.localisation import MASK_DIR
-from pipeline.micro_table import read_classes, read_samples
-from pipeline.orchestration import flow, get_run_logger, run_stage
+from pipeline.orchestration.stage import flow, get_run_logger, run_stage
+from pipeline.train.distributed import resolve_device
 
 
 @flow(name="attention")

@@ -1,4 +1,5 @@
-"""DVC stage ``check_micro``: ``micro`` params checked before ``ingest_micro`` needs its paths (:mod:`pipeline.checks`).
+"""DVC stage ``check_micro``: ``micro`` params checked before ``ingest_micro`` needs its paths
+(:mod:`pipeline.ingest.checks`).
 
 Writes ``paths.checks_dir/micro.json`` (what was checked), which ``ingest_micro`` depends on. A plain process, not
 a Prefect flow: it runs in a fraction of a second, before anything else of the micro side. Run:
@@ -9,8 +10,8 @@ from __future__ import annotations
 
 import sys
 
-from pipeline.checks import check_micro
 from pipeline.config import ConfigError, load_params
+from pipeline.ingest.checks import check_micro
 from pipeline.io import write_json
 
 

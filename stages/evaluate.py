@@ -1,6 +1,6 @@
 """DVC stage ``evaluate``: the ablation, side by side, on pooled LOSO predictions (DESIGN §6).
 
-The logic is :mod:`pipeline.evaluate`. Outputs under ``paths.evaluate_dir``:
+The logic is :mod:`pipeline.evaluate.ablation`. Outputs under ``paths.evaluate_dir``:
 
 - ``metrics.json``: ``<arm>.{accuracy, uf1, uar}`` (means over seeds), ``<arm>.<metric>_std``, ``<arm>.n``
   (samples per seed), ``ma2mi_minus_scratch.*`` (with 95% intervals over seeds), ``label_efficiency.<arm>.<budget>.*``
@@ -20,7 +20,8 @@ from __future__ import annotations
 from prefect.artifacts import create_table_artifact
 
 from pipeline.config import load_params
-from pipeline.evaluate import (
+from pipeline.data.micro_table import read_classes, read_samples
+from pipeline.evaluate.ablation import (
     SCORES,
     ablation_inputs,
     evaluate_ablation,
@@ -31,8 +32,7 @@ from pipeline.evaluate import (
     summary_rows,
 )
 from pipeline.io import atomic_dir, write_json
-from pipeline.micro_table import read_classes, read_samples
-from pipeline.orchestration import flow, get_run_logger, run_stage
+from pipeline.orchestration.stage import flow, get_run_logger, run_stage
 
 
 @flow(name="evaluate")

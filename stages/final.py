@@ -1,6 +1,6 @@
 """DVC stage ``final_<arm>``: the arm's model trained on every subject, and its model card (DESIGN §10).
 
-The logic is :mod:`pipeline.final`: the LOSO recipe (``finetune.recipe``, fixed epochs) on ALL samples, from the
+The logic is :mod:`pipeline.train.final`: the LOSO recipe (``finetune.recipe``, fixed epochs) on ALL samples, from the
 first seed of ``finetune.recipe.seeds``. Outputs under ``final.dir``: ``<arm>.pt`` (``model`` state dict,
 ``model_name``, ``arm``, ``seed``, ``classes``) and ``<arm>.json``, the model card that ``ma2mi predict`` reads
 (classes, input size, preprocessing, model, recipe, seed, the arm's LOSO metrics from evaluate's
@@ -21,12 +21,12 @@ import torch
 
 from pipeline.arms import ARMS
 from pipeline.config import load_params
-from pipeline.distributed import resolve_device
-from pipeline.engine import set_deterministic, training_fingerprint
-from pipeline.final import check_final_arm, final_seed, model_card, save_final, train_final
-from pipeline.finetune import arm_model
-from pipeline.micro_table import SAMPLES_FILE, read_classes, read_samples
-from pipeline.orchestration import flow, get_run_logger, run_stage
+from pipeline.data.micro_table import SAMPLES_FILE, read_classes, read_samples
+from pipeline.orchestration.stage import flow, get_run_logger, run_stage
+from pipeline.train.distributed import resolve_device
+from pipeline.train.engine import set_deterministic, training_fingerprint
+from pipeline.train.final import check_final_arm, final_seed, model_card, save_final, train_final
+from pipeline.train.finetune import arm_model
 
 
 @flow(name="final-model")

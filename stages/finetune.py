@@ -8,9 +8,9 @@ class; one row per sample and seed), ``model_seed<s>.pt`` and ``dvclive/seed<s>/
 accuracy). While it runs, each seed's full training state is saved (every 30 s and at its end) under
 ``paths.checkpoint_dir``: a killed run resumes where it stopped, finished seeds included, with the same result.
 The training runs (seeds × label budgets) are independent Prefect task runs on Dask worker processes of one thread
-each, ``finetune.workers`` at once (:func:`pipeline.orchestration.dask_task_runner`), each loading the fold's
-inputs itself (:mod:`pipeline.fold_run`); a run's result does not depend on how many run beside it, and runs
-side by side share no file (each writes its own curve folder with :class:`pipeline.engine.EpochCurves`, not
+each, ``finetune.workers`` at once (:func:`pipeline.orchestration.stage.dask_task_runner`), each loading the fold's
+inputs itself (:mod:`pipeline.train.fold_run`); a run's result does not depend on how many run beside it, and runs
+side by side share no file (each writes its own curve folder with :class:`pipeline.train.engine.EpochCurves`, not
 DVCLive's ``Live``, whose workspace signal file two runs ending at once raced on). When a run fails, the others
 still run to their end; the stage then fails with :class:`TrainingRunsFailed`, naming each failed run (arm, fold,
 seed, label budget) and its error, and its rerun takes the finished runs back from their states.
@@ -30,10 +30,10 @@ import pandas as pd
 
 from pipeline.arms import ARMS, active_arms
 from pipeline.config import ConfigError, Params, load_params
+from pipeline.data.loso import fold_and_budget_problems, loso_fold
+from pipeline.data.micro_table import read_samples
 from pipeline.io import atomic_dir, write_parquet
-from pipeline.loso import fold_and_budget_problems, loso_fold
-from pipeline.micro_table import read_samples
-from pipeline.orchestration import (
+from pipeline.orchestration.stage import (
     dask_task_runner,
     enter_workdir,
     flow,
@@ -138,10 +138,10 @@ def gather_runs(futures: Mapping[str, Any], state_dir: Path) -> list[pd.DataFram
 
 def train_task(workdir: str, params: Params, arm: str, fold: int, seed: int, budget: int | None, out: Path,
                state_path: Path) -> pd.DataFrame:
-    """:func:`pipeline.fold_run.train_run` in a Dask worker, in the project's folder."""
+    """:func:`pipeline.train.fold_run.train_run` in a Dask worker, in the project's folder."""
     enter_workdir(workdir)
     route_library_logs()  # the per-epoch lines, into the task run's log
-    from pipeline.fold_run import train_run  # torch and the models load where the run trains, not in the stage
+    from pipeline.train.fold_run import train_run  # torch and the models load where the run trains, not in the stage
 
     return train_run(params, arm, fold, seed, budget, out, state_path)
 

@@ -6,10 +6,10 @@ decoded frame with its box and status), ``videos.parquet`` (one row per video: s
 ``decode_error``, and the reason) and ``summary.json``.
 
 Each video is one Prefect task run (``ingest <video id>``), streamed into the per-video cache
-(``paths.macro_cache_dir``, :mod:`pipeline.macro_cache`): a killed run resumes, a grown source ingests only its
+(``paths.macro_cache_dir``, :mod:`pipeline.ingest.macro_cache`): a killed run resumes, a grown source ingests only its
 new videos. Tasks run on a Dask cluster through prefect-dask: a local one of ``macro.workers`` single-threaded
 processes (0 = one per core), the scheduler at ``macro.cluster``, or the one in ``DASK_SCHEDULER_ADDRESS``
-(:func:`pipeline.orchestration.dask_task_runner`). Neither is a DVC param: the outputs do not
+(:func:`pipeline.orchestration.stage.dask_task_runner`). Neither is a DVC param: the outputs do not
 depend on them. Run: ``python -m stages.ingest_macro --source samples``.
 """
 
@@ -23,10 +23,10 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.config import MacroParams, load_params
-from pipeline.ingest_macro import SourceItem, list_source
+from pipeline.ingest.macro import SourceItem, list_source
+from pipeline.ingest.macro_cache import INDEX_SCHEMA, CacheEntry, concat_parquet, ingest_cached, link_or_copy
 from pipeline.io import atomic_dir, write_json, write_parquet
-from pipeline.macro_cache import INDEX_SCHEMA, CacheEntry, concat_parquet, ingest_cached, link_or_copy
-from pipeline.orchestration import dask_task_runner, enter_workdir, flow, get_run_logger, run_stage, stage_task
+from pipeline.orchestration.stage import dask_task_runner, enter_workdir, flow, get_run_logger, run_stage, stage_task
 
 
 @stage_task(name="ingest-video", task_run_name="ingest {item.video}")

@@ -1,6 +1,6 @@
 """DVC stage ``ingest_micro``: a micro-expression dataset → aligned onset/apex samples.
 
-Outputs under ``paths.micro_dir`` (:mod:`pipeline.micro_table`): ``samples.parquet`` (``sample_id, dataset,
+Outputs under ``paths.micro_dir`` (:mod:`pipeline.data.micro_table`): ``samples.parquet`` (``sample_id, dataset,
 source_dataset, subject, clip, onset_frame, apex_frame, offset_frame, label, label_name, action_units`` +
 ``onset_image``/``apex_image`` PNG bytes), ``dropped.parquet`` (every annotation row that is not a sample, with
 its reason), ``summary.json`` (counts per class, subject and source; the class list; the dropped rows; the apex
@@ -11,10 +11,10 @@ in every file. Run: ``python -m stages.ingest_micro``.
 from __future__ import annotations
 
 from pipeline.config import load_params
-from pipeline.ingest_micro import ingest_micro, summarise, summary_markdown
+from pipeline.data.micro_table import DROPPED_FILE, SAMPLES_FILE, SUMMARY_FILE
+from pipeline.ingest.micro import ingest_micro, summarise, summary_markdown
 from pipeline.io import atomic_dir, write_json, write_parquet
-from pipeline.micro_table import DROPPED_FILE, SAMPLES_FILE, SUMMARY_FILE
-from pipeline.orchestration import flow, get_run_logger, run_stage
+from pipeline.orchestration.stage import flow, get_run_logger, run_stage
 
 
 @flow(name="ingest-micro")

@@ -5,7 +5,7 @@ params they were built with), ``metrics.json`` (held-out ``recon_loss``, ``copy_
 ``dvclive/`` (per-epoch curves). While it runs, the full training state is saved after every epoch under
 ``paths.checkpoint_dir``: a killed run resumes where it stopped, with the same result. With
 ``pretrain.nproc`` > 1 the flow (still one process) launches ``torchrun`` with that many DDP processes
-(:mod:`pipeline.pretrain_ddp`), streams their output into its log, and reports what rank 0 wrote; the
+(:mod:`pipeline.train.pretrain_ddp`), streams their output into its log, and reports what rank 0 wrote; the
 outputs have the same shape. Run: ``python -m stages.pretrain``.
 """
 
@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import torch
 
-from pipeline import pretrain_ddp
 from pipeline.config import load_params
-from pipeline.distributed import check_devices, resolve_device, run_torchrun
 from pipeline.io import atomic_dir
-from pipeline.orchestration import flow, get_run_logger, run_stage
-from pipeline.pretrain import train_and_save, training_state_path
+from pipeline.orchestration.stage import flow, get_run_logger, run_stage
+from pipeline.train import pretrain_ddp
+from pipeline.train.distributed import check_devices, resolve_device, run_torchrun
+from pipeline.train.pretrain import train_and_save, training_state_path
 
 
 @flow(name="pretrain")

@@ -1,6 +1,7 @@
 """DVC stage ``probe``: a linear probe of frozen encoders, MA2MI's against random initialisations (issue 11).
 
-The logic is :mod:`pipeline.probe`. For MA2MI's encoder (``pretrain/encoder.pt``) and for one randomly initialised
+The logic is :mod:`pipeline.evaluate.probe`. For MA2MI's encoder (``pretrain/encoder.pt``) and for one randomly
+initialised
 encoder per seed of ``finetune.recipe.seeds``, a logistic regression on the frozen action codes is scored by pooled
 LOSO over every subject. Outputs under ``paths.probe_dir``: ``metrics.json`` (``ma2mi.*``; ``random.*`` mean ± std
 over seeds; ``ma2mi_minus_random.*`` with its 95% interval over the random seeds) and ``per_encoder.csv``.
@@ -13,12 +14,12 @@ import pandas as pd
 import torch
 
 from pipeline.config import load_params
+from pipeline.data.micro import MicroTensors
+from pipeline.data.micro_table import read_classes, read_samples
+from pipeline.evaluate.metrics import classification_metrics, seed_summary
+from pipeline.evaluate.probe import frozen_encoder, probe_predictions
 from pipeline.io import atomic_dir, write_json
-from pipeline.metrics import classification_metrics, seed_summary
-from pipeline.micro_data import MicroTensors
-from pipeline.micro_table import read_classes, read_samples
-from pipeline.orchestration import flow, get_run_logger, run_stage
-from pipeline.probe import frozen_encoder, probe_predictions
+from pipeline.orchestration.stage import flow, get_run_logger, run_stage
 
 SCORES = ("accuracy", "uf1", "uar")
 

@@ -1,7 +1,7 @@
 """DVC stage ``report``: one self-contained HTML page of the run, and the results table as Markdown.
 
-The logic is :mod:`pipeline.report` (the HTML), :mod:`pipeline.summary` (the Markdown) and
-:mod:`pipeline.pretrain_examples` (MA2MI's predictions on ``report.pretrain_examples`` held-out macro pairs).
+The logic is :mod:`pipeline.report.html` (the HTML), :mod:`pipeline.evaluate.summary` (the Markdown) and
+:mod:`pipeline.report.pretrain_examples` (MA2MI's predictions on ``report.pretrain_examples`` held-out macro pairs).
 Reads evaluate's outputs, the attention stage's, the pretrain stage's and the final models' cards (``final.dir``).
 Writes ``report.path`` (``results/report.html``: images as base64 data URIs, no external resource) and
 ``report.summary`` (``results/summary.md``, what ``make demo`` prints; also a Prefect markdown artifact).
@@ -19,13 +19,13 @@ from prefect.artifacts import create_markdown_artifact
 
 from pipeline.cards import read_cards
 from pipeline.config import Params, load_params
+from pipeline.data.macro import macro_shards
+from pipeline.data.micro_table import read_classes
+from pipeline.evaluate.summary import summary_markdown
 from pipeline.io import atomic_path
-from pipeline.macro_data import macro_shards
-from pipeline.micro_table import read_classes
-from pipeline.orchestration import flow, get_run_logger, run_stage
-from pipeline.pretrain_examples import heldout_pairs, load_ma2mi, pairs_figure, predict_futures
-from pipeline.report import ReportInputs, build_report
-from pipeline.summary import summary_markdown
+from pipeline.orchestration.stage import flow, get_run_logger, run_stage
+from pipeline.report.html import ReportInputs, build_report
+from pipeline.report.pretrain_examples import heldout_pairs, load_ma2mi, pairs_figure, predict_futures
 
 
 def _json(path: Path) -> dict | None:

@@ -6,9 +6,9 @@ Run: ``python -m stages.samples`` (what ``dvc repro samples`` does).
 from __future__ import annotations
 
 from pipeline.config import load_params
+from pipeline.ingest.samples import fetch_samples
 from pipeline.io import atomic_dir
-from pipeline.orchestration import flow, get_run_logger, run_stage
-from pipeline.samples import fetch_samples
+from pipeline.orchestration.stage import flow, get_run_logger, run_stage
 
 
 @flow(name="samples")

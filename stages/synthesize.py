@@ -2,7 +2,7 @@
 
 Writes macro-expression ``.mp4`` videos and a micro-expression dataset in the CASME II on-disk layout. Each micro
 subject and each macro identity renders as a Prefect task run on Dask worker processes
-(:func:`pipeline.orchestration.dask_task_runner`: the cluster at ``DASK_SCHEDULER_ADDRESS``, which ``make demo``
+(:func:`pipeline.orchestration.stage.dask_task_runner`: the cluster at ``DASK_SCHEDULER_ADDRESS``, which ``make demo``
 starts, else one single-threaded worker per core); the files do not depend on how many run at once.
 Run: ``python -m stages.synthesize``.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 from pipeline.config import load_params
 from pipeline.io import atomic_dir
-from pipeline.orchestration import dask_task_runner, enter_workdir, flow, get_run_logger, run_stage, stage_task
+from pipeline.orchestration.stage import dask_task_runner, enter_workdir, flow, get_run_logger, run_stage, stage_task
 from pipeline.synth import render_demo
 from pipeline.synth.demo import RenderItem
 

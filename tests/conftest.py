@@ -109,7 +109,7 @@ def shrunk_project(tmp_path_factory, repo) -> tuple[Path, dict]:
     env = shrunk_git_project(repo, work)
     # plain `dvc repro`: each stage its own Prefect server and Dask cluster, as a scale-out worker runs a fold stage
     # (test_scaleout compares its dvc.lock with this one; torch's checkpoint bytes carry a serialization id that
-    # differed when a long-lived worker of `pipeline.local_prefect`'s shared cluster wrote them)
+    # differed when a long-lived worker of `pipeline.orchestration.local_prefect`'s shared cluster wrote them)
     _checked(["dvc", "repro"], work, env)
     return work, env
 

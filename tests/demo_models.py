@@ -13,9 +13,9 @@ import torch
 import yaml
 
 from pipeline.config import Params
-from pipeline.final import model_card, save_final, train_final
-from pipeline.ingest_micro import ingest_micro
+from pipeline.ingest.micro import ingest_micro
 from pipeline.synth import render_demo
+from pipeline.train.final import model_card, save_final, train_final
 from tests.conftest import REPO, shrink
 
 LOSO = {"scratch": {"accuracy": 0.5, "accuracy_std": 0.1, "uf1": 0.4, "uf1_std": 0.1, "uar": 0.5, "uar_std": 0.1,

@@ -19,7 +19,7 @@ from typing import Self
 
 import psutil
 
-from pipeline.local_prefect import free_port, wait_for_api
+from pipeline.orchestration.local_prefect import free_port, wait_for_api
 
 BIN = Path(sys.executable).parent
 

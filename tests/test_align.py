@@ -1,4 +1,4 @@
-"""MTCNN 5-point landmarks and similarity alignment (pipeline.align) on real video frames and known transforms.
+"""MTCNN 5-point landmarks and similarity alignment (pipeline.face.align) on real video frames and known transforms.
 
 The real-frame tests decode ../shared/datasets/videos with decord and are skipped where that folder is absent.
 """
@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.align import (
+from pipeline.face.align import (
     ARCFACE_TEMPLATE_112,
     DEFAULT_MARGIN,
     MtcnnDetector,
@@ -19,7 +19,7 @@ from pipeline.align import (
     canonical_template,
     similarity_matrix,
 )
-from pipeline.video import warp_face
+from pipeline.face.video import warp_face
 
 FACE_VIDEOS = ["single_face.mp4", "WolfgangLanger_Pexels.mp4"]
 N_CONSECUTIVE = 8  # consecutive frames from the start of each video

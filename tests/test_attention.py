@@ -1,4 +1,5 @@
-"""Heat maps of LOSO fold models on their held-out clips and their localisation scores (pipeline.attention), on the
+"""Heat maps of LOSO fold models on their held-out clips and their localisation scores (pipeline.evaluate.attention),
+on the
 rendered demo of tests/demo_models.py (its final models stand in for the fold models)."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.attention import (
+from pipeline.evaluate.attention import (
     attention_metrics,
     example_rows,
     examples_figure,
@@ -20,8 +21,8 @@ from pipeline.attention import (
     read_regions,
     score_clips,
 )
-from pipeline.engine import save_checkpoint
 from pipeline.io import decode_png
+from pipeline.train.engine import save_checkpoint
 from tests.demo_models import demo_fixture  # noqa: F401 (the fixture "demo")
 
 

@@ -7,10 +7,10 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.ingest_macro import SourceItem
-from pipeline.macro_cache import content_digest
-from pipeline.macro_data import MacroFrames, macro_shards
-from pipeline.video import FrameSource, VideoDecodeError, natural_key, open_sequence
+from pipeline.data.macro import MacroFrames, macro_shards
+from pipeline.face.video import FrameSource, VideoDecodeError, natural_key, open_sequence
+from pipeline.ingest.macro import SourceItem
+from pipeline.ingest.macro_cache import content_digest
 from tests.test_resume import write_macro_shards
 
 

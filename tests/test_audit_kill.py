@@ -1,6 +1,7 @@
 """Audit (issue 19): a killed parent takes its work along, by PID.
 
-On 34752a0, SIGTERM to `python -m pipeline.local_prefect` (what `timeout` and a CI cancel send) left `dvc repro`
+On 34752a0, SIGTERM to `python -m pipeline.orchestration.local_prefect` (what `timeout` and a CI cancel send) left
+`dvc repro`
 and its stage running against the dead API, and SIGTERM to `dvc` left the stage running until it finished, still
 replacing outputs.
 """
@@ -39,7 +40,7 @@ def _kill_all(processes: list[psutil.Process]) -> None:
 
 def _start_runtime(tmp_path: Path) -> tuple[subprocess.Popen, list[psutil.Process]]:
     """local_prefect running TREE with no server or cluster of its own (a PREFECT_API_URL given, 0 workers)."""
-    runtime = subprocess.Popen([sys.executable, "-m", "pipeline.local_prefect", "--home", str(tmp_path),
+    runtime = subprocess.Popen([sys.executable, "-m", "pipeline.orchestration.local_prefect", "--home", str(tmp_path),
                                 "--dask-workers", "0", "--grace-s", str(GRACE_S), "--", "sh", "-c", TREE],
                                stdout=subprocess.PIPE, text=True, env=_env(PREFECT_API_URL="http://127.0.0.1:9/api"),
                                cwd=REPO)
@@ -83,7 +84,7 @@ def test_a_sigkilled_local_runtime_takes_its_command_along(tmp_path):
 
 STAGE = """
 import os, time
-from pipeline.orchestration import run_stage
+from pipeline.orchestration.stage import run_stage
 
 def sleeper():
     with open("stage.pid", "w") as f:

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline.checks import check_micro
 from pipeline.config import ConfigError, load_params
-from pipeline.loso import fold_and_budget_problems
+from pipeline.data.loso import fold_and_budget_problems
+from pipeline.ingest.checks import check_micro
 
 
 def _load(tmp_path, raw):

@@ -18,7 +18,7 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 from PIL import Image
 
-from pipeline.cli import main
+from pipeline.serve.cli import main
 from tests.conftest import REPO
 from tests.demo_models import demo_fixture  # noqa: F401 (the fixture "demo")
 
@@ -99,7 +99,7 @@ def test_a_crafted_checkpoint_is_refused_without_running_its_code(demo, tmp_path
     assert status == 2 and out == "" and str(models / "scratch.pt") in line and "refused" in line
 
 
-LOCAL_STATE_LOADS = {("pipeline/engine.py", "_resume_state")}  # this process's own resume state (pickled RNG)
+LOCAL_STATE_LOADS = {("pipeline/train/engine.py", "_resume_state")}  # this process's own resume state (pickled RNG)
 
 
 def _torch_loads() -> list[tuple[str, str, ast.Call]]:

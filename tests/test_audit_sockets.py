@@ -16,13 +16,14 @@ import sys
 import psutil
 import pytest
 
-# The command run under pipeline.local_prefect: a flow whose task runs on a cluster of its own (as a stage does
+# The command run under pipeline.orchestration.local_prefect: a flow whose task runs on a cluster of its own (as a
+# stage does
 # without DASK_SCHEDULER_ADDRESS), then a pause while the test lists the sockets.
 COMMAND = """
 import os
 os.environ.pop("DASK_SCHEDULER_ADDRESS", None)  # before dask is imported: a LocalCluster of the flow's own
 import time
-from pipeline.orchestration import dask_task_runner, flow, stage_task
+from pipeline.orchestration.stage import dask_task_runner, flow, stage_task
 
 @stage_task
 def ping():
@@ -56,9 +57,11 @@ def _not_loopback(sockets: list[tuple[str, str, int]]) -> list[tuple[str, str, i
 
 @pytest.mark.slow  # 30-60 s on 2 cores: a Prefect server, two Dask clusters
 def test_make_demo_runtime_and_a_stage_cluster_listen_on_loopback_only(tmp_path):
-    """`python -m pipeline.local_prefect -- <a flow on a LocalCluster>`: its whole process tree, loopback only."""
+    """`python -m pipeline.orchestration.local_prefect -- <a flow on a LocalCluster>`: its whole process tree,
+    loopback only."""
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "DASK_SCHEDULER_ADDRESS")}
-    runtime = subprocess.Popen([sys.executable, "-m", "pipeline.local_prefect", "--home", str(tmp_path / "prefect"),
+    runtime = subprocess.Popen([sys.executable, "-m", "pipeline.orchestration.local_prefect", "--home",
+                                str(tmp_path / "prefect"),
                                 "--dask-workers", "1", "--", sys.executable, "-c", COMMAND], stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, env=env)
     output = []
@@ -93,7 +96,7 @@ def test_a_stage_s_own_local_cluster_listens_on_loopback_only(monkeypatch):
     import dask
     from distributed import LocalCluster
 
-    from pipeline.orchestration import dask_task_runner
+    from pipeline.orchestration.stage import dask_task_runner
 
     monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
     with dask.config.set({"scheduler-address": None}):

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from pipeline.data import PairAugmentation
+from pipeline.data.tensors import PairAugmentation
 
 
 def test_the_warp_is_torchvisions_affine_with_zero_fill():

@@ -233,10 +233,10 @@ def test_mmnet_fine_tunes_through_the_engine_at_its_input_size(params_224: Model
     import numpy as np
     import pandas as pd
 
-    from pipeline.finetune import finetune_fold, predict
+    from pipeline.data.loso import loso_fold
+    from pipeline.data.micro import MicroTensors
     from pipeline.io import encode_png
-    from pipeline.loso import loso_fold
-    from pipeline.micro_data import MicroTensors
+    from pipeline.train.finetune import finetune_fold, predict
 
     finetune = load_params(PARAMS_YAML).finetune.recipe.model_copy(
         update={"epochs": 1, "batch_size": 4, "schedule": "exponential", "lr_gamma": 0.5, "decay_epochs": 1})

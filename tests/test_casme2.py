@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.config import MicroParams
 from pipeline.datasets import AnnotationError, load_dataset
-from pipeline.ingest_micro import ingest_micro
+from pipeline.ingest.micro import ingest_micro
 from pipeline.sheets import read_table
 
 

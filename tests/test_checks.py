@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from pipeline.checks import check_micro
 from pipeline.config import ConfigError, load_params
+from pipeline.ingest.checks import check_micro
 
 
 def _params(tmp_path, raw, **micro):

@@ -1,4 +1,4 @@
-"""Reading a clip's onset and apex frames from a folder of frames or a video (pipeline.clips)."""
+"""Reading a clip's onset and apex frames from a folder of frames or a video (pipeline.serve.clips)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.clips import FrameRangeError, InputError, folder_frames, frame_number, read_clip
+from pipeline.serve.clips import FrameRangeError, InputError, folder_frames, frame_number, read_clip
 
 
 @pytest.mark.parametrize(("name", "number"), [

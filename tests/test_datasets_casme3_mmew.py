@@ -16,7 +16,7 @@ import pytest
 
 from pipeline.config import MicroParams
 from pipeline.datasets import AnnotationError, load_dataset
-from pipeline.ingest_micro import ingest_micro
+from pipeline.ingest.micro import ingest_micro
 from pipeline.io import decode_png
 
 CASME3_SHEET = "cas(me)3_part_A_ME_label_JpgIndex_v2.xlsx"

@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 
 from pipeline.config import MicroParams
+from pipeline.data.loso import loso_folds
 from pipeline.datasets import AnnotationError, load_dataset
-from pipeline.ingest_micro import ingest_micro
-from pipeline.loso import loso_folds
+from pipeline.ingest.micro import ingest_micro
 
 SAMM_SHEET = "SAMM_Micro_FACS_Codes_v2.xlsx"
 SMIC_SHEET = "SMIC-HS-E_annotation.xlsx"

@@ -15,10 +15,10 @@ import torch
 import yaml
 
 from pipeline.config import load_params
-from pipeline.distributed import check_devices, resolve_device, run_torchrun
 from pipeline.io import encode_png
 from pipeline.models.registry import create_model
-from pipeline.pretrain import train_and_save, training_state_path
+from pipeline.train.distributed import check_devices, resolve_device, run_torchrun
+from pipeline.train.pretrain import train_and_save, training_state_path
 from tests.conftest import REPO, shrink
 
 EPOCHS = 2
@@ -27,8 +27,8 @@ TIMEOUT_S = 180  # per torchrun launch; a hang fails the test instead of blockin
 CRASH_WORKER = '''
 import torch.distributed as dist
 
-import pipeline.engine as engine
-from pipeline import pretrain_ddp
+import pipeline.train.engine as engine
+from pipeline.train import pretrain_ddp
 
 save_state = engine._save_state
 
@@ -68,7 +68,7 @@ def _write_macro_frames(macro_dir: Path) -> None:
     frames.to_parquet(macro_dir / "demo" / "frames-000.parquet", index=False)
 
 
-def _torchrun(params: Path, out: Path, module: str = "pipeline.pretrain_ddp", pythonpath: str = str(REPO)) -> str:
+def _torchrun(params: Path, out: Path, module: str = "pipeline.train.pretrain_ddp", pythonpath: str = str(REPO)) -> str:
     lines: list[str] = []
     env = {**os.environ, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1"}
     try:

@@ -66,7 +66,7 @@ def test_the_report_opens_offline_and_the_summary_lists_the_arms(shrunk_project)
         assert text in page, text
     summary = (work / "results" / "summary.md").read_text()
     assert "| ma2mi |" in summary and "| scratch |" in summary and "mass in region" in summary
-    printed = _run([sys.executable, "-m", "pipeline.summary"], work, env).stdout
+    printed = _run([sys.executable, "-m", "pipeline.evaluate.summary"], work, env).stdout
     assert printed.startswith(summary) and "report.html" in printed
 
 
@@ -75,7 +75,8 @@ def test_predict_with_the_projects_final_model_on_a_demo_clip(shrunk_project, tm
     work, env = shrunk_project
     truth = pd.read_csv(work / "data" / "demo" / "micro" / "ground_truth.csv").iloc[0]
     folder = work / "data" / "demo" / "micro" / "Cropped" / truth["subject"] / truth["clip"]
-    result = _run([sys.executable, "-m", "pipeline.cli", "predict", str(folder), "--onset", str(truth["onset_frame"]),
+    result = _run([sys.executable, "-m", "pipeline.serve.cli", "predict", str(folder), "--onset",
+                   str(truth["onset_frame"]),
                    "--apex", str(truth["apex_frame"]), "--out", str(tmp_path)], work, env)
     output = json.loads(result.stdout)
     assert output["arm"] == "ma2mi" and output["label"] in ("negative", "positive", "surprise")

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.data import FuturePairSampler
-from pipeline.engine import evaluate, train_one_epoch
+from pipeline.data.tensors import FuturePairSampler
+from pipeline.train.engine import evaluate, train_one_epoch
 
 
 def _step(model, batch):
@@ -57,7 +57,7 @@ def test_pairs_respect_the_horizon_in_seconds_and_never_cross_videos():
 
 
 def test_checkpoints_of_identical_state_are_byte_identical(tmp_path):
-    from pipeline.engine import save_checkpoint
+    from pipeline.train.engine import save_checkpoint
 
     state = {"model": nn.Linear(2, 2).state_dict(), "epoch": 3}
     save_checkpoint(tmp_path / "a.pt", **state)
@@ -72,7 +72,7 @@ def test_recipe_schedules(raw_params, tmp_path, schedule):
     import yaml
 
     from pipeline.config import load_params
-    from pipeline.finetune import lr_scheduler
+    from pipeline.train.finetune import lr_scheduler
 
     raw_params["finetune"]["recipe"].update(schedule=schedule, lr=8e-4, lr_gamma=0.987, decay_epochs=50, epochs=74)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw_params))

@@ -1,4 +1,5 @@
-"""The evaluate stage's logic (pipeline.evaluate): coverage of the LOSO folds, pooled scores, the paired difference."""
+"""The evaluate stage's logic (pipeline.evaluate.ablation): coverage of the LOSO folds, pooled scores, the paired
+difference."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
-from pipeline.evaluate import check_coverage, evaluate_ablation, save_figures, summary_rows
+from pipeline.evaluate.ablation import check_coverage, evaluate_ablation, save_figures, summary_rows
 
 SUBJECTS = ["demo/sub01", "demo/sub02", "demo/sub03"]
 CLASSES = ["negative", "positive", "surprise"]

@@ -1,4 +1,5 @@
-"""Final models, their cards and ``ma2mi predict`` (pipeline.final, pipeline.predict, pipeline.cli) on a rendered demo
+"""Final models, their cards and ``ma2mi predict`` (pipeline.train.final, pipeline.serve.predict, pipeline.serve.cli)
+on a rendered demo
 (the session fixture ``demo`` of tests/demo_models.py)."""
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.cli import main
 from pipeline.config import ConfigError
-from pipeline.final import check_final_arm, final_seed
-from pipeline.finetune import predict as predict_rows
-from pipeline.ingest_micro import read_image
+from pipeline.data.micro import MicroTensors
+from pipeline.ingest.micro import read_image
 from pipeline.io import decode_png
-from pipeline.micro_data import MicroTensors
-from pipeline.predict import load_model
+from pipeline.serve.cli import main
+from pipeline.serve.predict import load_model
+from pipeline.train.final import check_final_arm, final_seed
+from pipeline.train.finetune import predict as predict_rows
 from tests.conftest import REPO
 from tests.demo_models import LOSO, demo_fixture  # noqa: F401 (the fixture "demo")
 
@@ -94,7 +95,7 @@ def test_predict_applies_exactly_the_training_preprocessing(demo, arm):
 
 def test_cli_predict_on_a_rendered_clip_prints_json_and_writes_the_overlay(demo, tmp_path):
     folder, onset, apex = _clip(demo)
-    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "predict", folder, "--onset", str(onset),
+    result = subprocess.run([sys.executable, "-m", "pipeline.serve.cli", "predict", folder, "--onset", str(onset),
                              "--apex", str(apex), "--arm", "scratch", "--models", str(demo["final"]),
                              "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert result.returncode == 0, result.stderr
@@ -167,4 +168,4 @@ def test_cli_batch_predicts_every_row_and_reports_the_bad_ones(demo, tmp_path, c
 
 def test_the_console_script_is_declared():
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["ma2mi"] == "pipeline.cli:main"
+    assert scripts["ma2mi"] == "pipeline.serve.cli:main"

@@ -1,4 +1,5 @@
-"""Tests of pipeline.flow: TV-L1 accuracy on a real face warped by known sub-pixel fields, the sign convention,
+"""Tests of pipeline.face.optical_flow: TV-L1 accuracy on a real face warped by known sub-pixel fields, the sign
+convention,
 the optical strain against analytic fields, and the 28 px (u, v, strain) features.
 
 The ground-truth apex is rendered so that the flow is known exactly at every *onset* pixel: the field f is defined
@@ -19,7 +20,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.flow import FLOW_GRID_PX, TVL1Params, flow_features, optical_strain, tvl1_flow
+from pipeline.face.optical_flow import FLOW_GRID_PX, TVL1Params, flow_features, optical_strain, tvl1_flow
 
 SIZE = 112  # crop side the flow is computed at (the pipeline's micro.image_size_px)
 MARGIN = 16  # extra canvas around the crop, so the warp moves real content in across its border
@@ -33,7 +34,7 @@ def face_canvas(shared_videos: Path) -> np.ndarray:
     """(SIZE + 2 MARGIN)² uint8 RGB canvas centred on the face of frame 0 of single_face.mp4 (decord)."""
     import decord
 
-    from pipeline.video import HaarFaceDetector, crop_matrix, warp_face
+    from pipeline.face.video import HaarFaceDetector, crop_matrix, warp_face
 
     frame = decord.VideoReader(str(shared_videos / "single_face.mp4"))[0].asnumpy()  # (H, W, 3) uint8 RGB
     box = HaarFaceDetector().detect(frame)

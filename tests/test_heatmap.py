@@ -1,4 +1,4 @@
-"""Grad-CAM, MIACNet's action attention and overlays (pipeline.heatmap) on toy and real models."""
+"""Grad-CAM, MIACNet's action attention and overlays (pipeline.models.heatmap) on toy and real models."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from pipeline.config import load_params
-from pipeline.heatmap import action_attention, grad_cam, model_heatmaps, normalise_heatmaps, overlay
+from pipeline.models.heatmap import action_attention, grad_cam, model_heatmaps, normalise_heatmaps, overlay
 from pipeline.models.registry import create_model
 
 

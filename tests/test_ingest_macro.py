@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from pipeline.config import load_params
-from pipeline.ingest_macro import find_videos, ingest_video
+from pipeline.face.video import HaarFaceDetector, confirm_detections, smooth_box_track
+from pipeline.ingest.macro import find_videos, ingest_video
 from pipeline.io import decode_png
-from pipeline.video import HaarFaceDetector, confirm_detections, smooth_box_track
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def _source(root, **kw):
 
 
 def test_csv_source_keeps_a_window_and_records_missing_files(tmp_path, shared_videos, macro_params, detector):
-    from pipeline.ingest_macro import list_source
+    from pipeline.ingest.macro import list_source
 
     shutil.copy(shared_videos / "single_face.mp4", tmp_path / "single_face.mp4")
     (tmp_path / "videos.csv").write_text("file,start_s,end_s\nsingle_face.mp4,0.5,1.5\ngone.mp4,,\n")
@@ -117,7 +117,7 @@ def test_csv_source_keeps_a_window_and_records_missing_files(tmp_path, shared_vi
 def test_ckplus_image_sequences(tmp_path, shared_videos, macro_params, detector):
     import cv2
 
-    from pipeline.ingest_macro import list_source
+    from pipeline.ingest.macro import list_source
 
     sequence = tmp_path / "cohn-kanade-images" / "S005" / "001"
     sequence.mkdir(parents=True)

@@ -25,10 +25,7 @@ import pytest
 import yaml
 
 from pipeline.config import load_params
-from pipeline.ingest_macro import SourceItem, _frame_plan, _track, ingest_video
-from pipeline.io import decode_jpeg
-from pipeline.macro_cache import ShardWriter, ingest_cached
-from pipeline.video import (
+from pipeline.face.video import (
     BoxTracker,
     FrameSource,
     HaarFaceDetector,
@@ -40,6 +37,9 @@ from pipeline.video import (
     smooth_box_track,
     warp_face,
 )
+from pipeline.ingest.macro import SourceItem, _frame_plan, _track, ingest_video
+from pipeline.ingest.macro_cache import ShardWriter, ingest_cached
+from pipeline.io import decode_jpeg
 from tests.conftest import sigkill_leaves_none_behind
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,7 +114,7 @@ def _stream_tracker(times, detections: dict[int, np.ndarray], detect_every_s, wi
 def test_streamed_track_equals_the_whole_video_track(seed):
     """Random detection patterns (faces, isolated false positives, long faceless gaps), random chunking, streams
     cut short: the streamed boxes equal the whole-video computation bitwise, and pandas' to 1e-9 px."""
-    from pipeline.video import centred_mean, smoothing_window
+    from pipeline.face.video import centred_mean, smoothing_window
 
     rng = np.random.default_rng(seed)
     n = int(rng.integers(1, 400))
@@ -279,8 +279,8 @@ import resource, sys
 from pathlib import Path
 import decord, cv2, numpy as np, pandas as pd
 from pipeline.config import load_params
-from pipeline.ingest_macro import stream_video
-from pipeline.video import HaarFaceDetector
+from pipeline.ingest.macro import stream_video
+from pipeline.face.video import HaarFaceDetector
 params = load_params({str(REPO / 'params.yaml')!r}).macro
 def vm_bytes():
     return int(open('/proc/self/statm').read().split()[0]) * resource.getpagesize()

@@ -1,4 +1,5 @@
-"""Localisation scores of heat maps against ground-truth AU regions (pipeline.localisation), with known answers."""
+"""Localisation scores of heat maps against ground-truth AU regions (pipeline.evaluate.localisation), with known
+answers."""
 
 from __future__ import annotations
 
@@ -9,14 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.localisation import (
+from pipeline.evaluate.localisation import (
     localisation_scores,
     mask_path,
     read_region,
     region_in_crop,
     summarise_localisation,
 )
-from pipeline.video import crop_matrix
+from pipeline.face.video import crop_matrix
 
 
 def test_mass_pointing_and_chance_on_a_known_map():

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.data import images_to_tensor
-from pipeline.macro_data import EpochPairs, MacroFrames, macro_shards, pair_loader
+from pipeline.data.macro import EpochPairs, MacroFrames, macro_shards, pair_loader
+from pipeline.data.tensors import images_to_tensor
 from tests.test_resume import write_macro_shards
 
 

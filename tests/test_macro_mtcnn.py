@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.align import (
+from pipeline.face.align import (
     Face,
     align_matrix,
     apply_matrix,
@@ -18,7 +18,7 @@ from pipeline.align import (
     pose_matrix,
     similarity_matrix,
 )
-from pipeline.video import BoxTracker, confirm_detections, key_positions, key_step_and_gap, smooth_box_track
+from pipeline.face.video import BoxTracker, confirm_detections, key_positions, key_step_and_gap, smooth_box_track
 
 
 def _face(angle_deg: float = 12.0, zoom: float = 1.7, shift=(40.0, 25.0)) -> Face:
@@ -114,9 +114,9 @@ def macro_video(tmp_path_factory):
 def _aligned_error(path, truth: pd.DataFrame, detector_name: str, size: int = 112) -> tuple[np.ndarray, int, int]:
     """Point errors (px at ``size``) of the true landmarks mapped through each stored frame's transform, after
     one least-squares similarity for the whole video (a constant offset is not an error); frames ok, decoded."""
-    from pipeline.align import make_detector
     from pipeline.config import load_params
-    from pipeline.ingest_macro import track_video
+    from pipeline.face.align import make_detector
+    from pipeline.ingest.macro import track_video
     from pipeline.synth.demo import LANDMARK_COLUMNS
     from tests.conftest import REPO
 

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score, recall_score
 
-from pipeline.loso import loso_fold, loso_folds
-from pipeline.metrics import classification_metrics, confusion, per_group_metrics
+from pipeline.data.loso import loso_fold, loso_folds
+from pipeline.evaluate.metrics import classification_metrics, confusion, per_group_metrics
 
 
 def _uf1_uar_by_hand(y_true, y_pred, k):

@@ -15,11 +15,11 @@ from tests.conftest import sigkill_leaves_none_behind
 SCRIPT = """
 {first}
 import logging
-from pipeline.orchestration import flow, run_stage
+from pipeline.orchestration.stage import flow, run_stage
 
 @flow(name="probe")
 def probe(fail: bool):
-    logging.getLogger("pipeline.probe").info("epoch 1/1: train loss 0.5")
+    logging.getLogger("pipeline.evaluate.probe").info("epoch 1/1: train loss 0.5")
     if fail:
         raise ValueError("data/x.parquet: missing")
 
@@ -40,7 +40,7 @@ def test_library_info_lines_reach_the_stage_output(tmp_path, first):
     """Whatever the import order, the library's INFO lines reach the stage's output exactly once."""
     result = _run(tmp_path, fail=False, first=first)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert (result.stdout + result.stderr).count("pipeline.probe - epoch 1/1: train loss 0.5") == 1
+    assert (result.stdout + result.stderr).count("pipeline.evaluate.probe - epoch 1/1: train loss 0.5") == 1
 
 
 def test_a_failing_stage_exits_nonzero_with_the_message(tmp_path):
@@ -52,7 +52,7 @@ def test_a_failing_stage_exits_nonzero_with_the_message(tmp_path):
 CHILD = """
 import os, sys
 from distributed import Client
-from pipeline.orchestration import flow
+from pipeline.orchestration.stage import flow
 
 @flow(name="probe")
 def probe():
@@ -78,7 +78,8 @@ def test_a_command_runs_against_a_local_server_and_cluster_that_are_stopped_afte
     import httpx
 
     home = tmp_path / "prefect"
-    result = subprocess.run([sys.executable, "-m", "pipeline.local_prefect", "--home", str(home), "--dask-workers",
+    result = subprocess.run([sys.executable, "-m", "pipeline.orchestration.local_prefect", "--home", str(home),
+                             "--dask-workers",
                              "2", "--", sys.executable, "-c", CHILD], capture_output=True, text=True,
                             env=_env_without_servers(), timeout=300)
     assert result.returncode == 3, result.stdout[-2000:] + result.stderr[-2000:]  # the command's exit code
@@ -96,10 +97,11 @@ def test_a_command_runs_against_a_local_server_and_cluster_that_are_stopped_afte
 
 
 def test_a_killed_local_runtime_leaves_no_server_or_worker_behind(tmp_path):
-    """SIGKILL of `python -m pipeline.local_prefect` takes its Prefect server and Dask processes along."""
+    """SIGKILL of `python -m pipeline.orchestration.local_prefect` takes its Prefect server and Dask processes along."""
     import psutil
 
-    runtime = subprocess.Popen([sys.executable, "-m", "pipeline.local_prefect", "--home", str(tmp_path / "prefect"),
+    runtime = subprocess.Popen([sys.executable, "-m", "pipeline.orchestration.local_prefect", "--home",
+                                str(tmp_path / "prefect"),
                                 "--dask-workers", "1", "--", "sleep", "600"], stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, env=_env_without_servers())
     command: list[psutil.Process] = []
@@ -137,7 +139,7 @@ def _cmdline(process) -> list[str]:
 
 SLEEPER = """
 import time
-from pipeline.orchestration import flow, run_stage
+from pipeline.orchestration.stage import flow, run_stage
 
 @flow(name="sleeper")
 def sleeper():

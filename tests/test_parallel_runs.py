@@ -3,7 +3,7 @@
 Under ``dvc repro`` (``DVC_ROOT``, ``DVC_STAGE``) or ``dvc exp run`` (also ``DVC_EXP_BASELINE_REV``, ``DVC_EXP_NAME``)
 ``dvclive.Live`` writes ``<DVC_ROOT>/.dvc/tmp/exps/run/DVCLIVE_STEP_COMPLETED`` after every step and removes it in
 ``end()`` check-then-remove, so two runs of a fold stage ending at once crashed one (observed: ``finetune_scratch@6``,
-``FileNotFoundError`` from ``dvclive/vscode.py``). The runs now log with :class:`pipeline.engine.EpochCurves`: the
+``FileNotFoundError`` from ``dvclive/vscode.py``). The runs now log with :class:`pipeline.train.engine.EpochCurves`: the
 same files, byte for byte, in each run's own folder, and nothing else.
 """
 
@@ -22,9 +22,9 @@ import pytest
 import yaml
 
 from pipeline.config import Params, load_params
-from pipeline.engine import EpochCurves
+from pipeline.data.micro_table import SAMPLES_FILE, SUMMARY_FILE
 from pipeline.io import encode_png
-from pipeline.micro_table import SAMPLES_FILE, SUMMARY_FILE
+from pipeline.train.engine import EpochCurves
 from stages.finetune import TrainingRunsFailed, gather_runs, run_name
 from tests.conftest import shrink
 
@@ -157,8 +157,8 @@ def _worker_init(workspace: str) -> None:
 
 def _train(env: dict[str, str], params: Params, arm: str, fold: int, seed: int, budget: int | None, out: Path,
            state_path: Path) -> pd.DataFrame:
-    """:func:`pipeline.fold_run.train_run` with the DVC environment ``env`` (as a stage's worker inherits it)."""
-    from pipeline.fold_run import train_run
+    """:func:`pipeline.train.fold_run.train_run` with the DVC environment ``env`` (as a stage's worker inherits it)."""
+    from pipeline.train.fold_run import train_run
 
     for key in DVC_KEYS:
         os.environ.pop(key, None)
@@ -225,7 +225,7 @@ def test_a_failed_run_is_named_with_its_error_after_every_run_ended():
 
 RUN_FOLD = """
 from stages.finetune import finetune_flow
-from pipeline.orchestration import run_stage
+from pipeline.orchestration.stage import run_stage
 run_stage(finetune_flow, arm="scratch", fold=0, params_path="params.yaml")
 """
 

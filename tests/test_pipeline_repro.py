@@ -172,7 +172,7 @@ def test_a_missing_micro_root_is_named_and_the_samples_are_kept(shrunk_project):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("module", ["pipeline/ingest_micro.py", "pipeline/micro_table.py", "pipeline/sheets.py"])
+@pytest.mark.parametrize("module", ["pipeline/ingest/micro.py", "pipeline/data/micro_table.py", "pipeline/sheets.py"])
 def test_editing_a_module_stales_exactly_the_stages_that_import_it(shrunk_project, module):
     """A comment added to a module makes `dvc status` list exactly the stages whose command imports it (the static
     import walk of tests/test_stage_deps.py), nothing more: e.g. the fine-tuning folds do not import ingestion."""
@@ -205,7 +205,7 @@ def test_editing_a_module_stales_exactly_the_stages_that_import_it(shrunk_projec
 
 RUN_FOLD = """
 from stages.finetune import finetune_flow
-from pipeline.orchestration import run_stage
+from pipeline.orchestration.stage import run_stage
 run_stage(finetune_flow, arm="ma2mi", fold=1, params_path="{params}")
 """
 

@@ -8,9 +8,9 @@ import torch
 import yaml
 
 from pipeline.config import load_params
+from pipeline.data.micro import MicroTensors
+from pipeline.evaluate.probe import frozen_encoder, probe_predictions, recalibrate_batchnorm
 from pipeline.io import encode_png
-from pipeline.micro_data import MicroTensors
-from pipeline.probe import frozen_encoder, probe_predictions, recalibrate_batchnorm
 from tests.conftest import shrink
 
 

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline.report import ReportInputs, build_report
-from pipeline.summary import SCORES, summary_markdown
+from pipeline.evaluate.summary import SCORES, summary_markdown
+from pipeline.report.html import ReportInputs, build_report
 
 _DATA_IMAGE = re.compile(r"data:image/(png|jpeg|gif|webp);base64,([A-Za-z0-9+/=]+)")
 
@@ -134,7 +134,7 @@ def test_summary_markdown_lists_arms_difference_and_localisation():
 
 
 def test_a_card_says_when_the_model_does_not_read_the_stored_flow():
-    from pipeline.report import _flow_note
+    from pipeline.report.html import _flow_note
 
     card = {"preprocessing": {"optical_flow": "tvl1"}, "input": {"names": ["onset", "apex"]}}
     assert _flow_note(card) == "tvl1 (computed by ingestion; not an input of this model)"

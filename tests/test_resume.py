@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from pipeline.config import load_params
-from pipeline.engine import seed_everything
-from pipeline.finetune import finetune_fold
+from pipeline.data.loso import loso_fold
+from pipeline.data.micro import MicroTensors
 from pipeline.io import encode_png
-from pipeline.loso import loso_fold
-from pipeline.micro_data import MicroTensors
+from pipeline.train.engine import seed_everything
+from pipeline.train.finetune import finetune_fold
 from tests.conftest import shrink
 
 
@@ -89,8 +89,8 @@ def write_macro_shards(macro_dir, videos=("a", "b"), frames_per_video=12, side=3
 def test_pretraining_resume_equals_uninterrupted(tmp_path, raw_params, workers):
     import yaml
 
-    from pipeline.macro_data import MacroFrames, macro_shards
-    from pipeline.pretrain import pretrain
+    from pipeline.data.macro import MacroFrames, macro_shards
+    from pipeline.train.pretrain import pretrain
 
     raw = shrink(raw_params)
     raw["model"]["image_size_px"] = 32
@@ -125,7 +125,7 @@ def test_pretraining_resume_equals_uninterrupted(tmp_path, raw_params, workers):
 def test_a_finished_seed_is_given_back_without_training(setup, tmp_path, monkeypatch):
     """The fine-tuning stage keeps each finished seed's state until its outputs are in place, so a stage killed
     at a later seed gets the earlier seeds' final weights back without training them again."""
-    import pipeline.engine
+    import pipeline.train.engine
 
     params, data, fold = setup
     state = tmp_path / "seed0.pt"
@@ -134,7 +134,7 @@ def test_a_finished_seed_is_given_back_without_training(setup, tmp_path, monkeyp
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run must not train again")
 
-    monkeypatch.setattr(pipeline.engine, "train_one_epoch", no_training)
+    monkeypatch.setattr(pipeline.train.engine, "train_one_epoch", no_training)
     seen = []
     again = _run(params, data, fold, state_path=state, fingerprint="f", on_epoch=lambda e, m: seen.append(e))
     assert seen == [0, 1, 2]  # the whole curve is replayed for DVCLive
@@ -167,7 +167,7 @@ def test_a_state_is_saved_when_due_and_always_after_the_last_epoch(setup, tmp_pa
 
 def test_batches_without_the_flow_hold_the_same_frames(setup):
     """A model that does not read the flow gets the frames it would get with the flow: same random draws."""
-    from pipeline.data import PairAugmentation
+    from pipeline.data.tensors import PairAugmentation
 
     _, data, fold = setup
     data.flow = torch.randn(len(data.label), 3, 32, 32)
@@ -186,7 +186,7 @@ def test_batches_without_the_flow_hold_the_same_frames(setup):
 def test_a_fold_run_trains_on_one_thread(monkeypatch, tmp_path):
     """A fold stage's run trains on ONE thread whatever the device resolution does (on CPU it hands torch every
     core): two runs of two threads each on a 2-core machine ran 10x slower, and results depend on the threads."""
-    import pipeline.fold_run as fold_run
+    import pipeline.train.fold_run as fold_run
     from tests.conftest import REPO
 
     seen = {}
@@ -208,9 +208,9 @@ def test_a_rerun_of_a_failed_fold_stage_takes_back_its_finished_runs(tmp_path, r
     (same predictions, weights and curves, byte for byte) without training them; only the failed run trains."""
     from concurrent.futures import ThreadPoolExecutor
 
-    import pipeline.engine
-    import pipeline.finetune
-    from pipeline.fold_run import train_run
+    import pipeline.train.engine
+    import pipeline.train.finetune
+    from pipeline.train.fold_run import train_run
     from stages.finetune import TrainingRunsFailed, gather_runs, planned_runs, training_state_dir
     from tests.test_parallel_runs import files_under, fold_workspace
 
@@ -220,7 +220,7 @@ def test_a_rerun_of_a_failed_fold_stage_takes_back_its_finished_runs(tmp_path, r
     runs = planned_runs(params, "scratch", 0)
     assert list(runs) == ["scratch fold 0 seed 0", "scratch fold 0 seed 1", "scratch fold 0 seed 0 budget 1",
                           "scratch fold 0 seed 1 budget 1"]
-    real_fold, real_epoch = pipeline.finetune.finetune_fold, pipeline.engine.train_one_epoch
+    real_fold, real_epoch = pipeline.train.finetune.finetune_fold, pipeline.train.engine.train_one_epoch
 
     def seed1_fails(*args, **kwargs):
         if kwargs["state_path"].name == "seed1.pt":
@@ -238,7 +238,7 @@ def test_a_rerun_of_a_failed_fold_stage_takes_back_its_finished_runs(tmp_path, r
 
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     try:
-        monkeypatch.setattr(pipeline.finetune, "finetune_fold", seed1_fails)
+        monkeypatch.setattr(pipeline.train.finetune, "finetune_fold", seed1_fails)
         first, failed = attempt(ws / "out1")
         assert isinstance(failed, TrainingRunsFailed)
         assert "1 of 4 training runs failed:\n  scratch fold 0 seed 1: OSError: No space left on device" in str(failed)
@@ -251,8 +251,8 @@ def test_a_rerun_of_a_failed_fold_stage_takes_back_its_finished_runs(tmp_path, r
             running.append(kwargs["state_path"].name)
             return real_fold(*args, **kwargs)
 
-        monkeypatch.setattr(pipeline.finetune, "finetune_fold", named_fold)
-        monkeypatch.setattr(pipeline.engine, "train_one_epoch",
+        monkeypatch.setattr(pipeline.train.finetune, "finetune_fold", named_fold)
+        monkeypatch.setattr(pipeline.train.engine, "train_one_epoch",
                             lambda *args: trained.append(f"{running[-1]} {args[5]}") or real_epoch(*args))
         _, tables = attempt(ws / "out2")
     finally:  # train_run sets both for its process

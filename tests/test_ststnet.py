@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import ModelParams, load_params
-from pipeline.flow import flow_features
+from pipeline.face.optical_flow import flow_features
 from pipeline.models.ststnet import STSTNet, ststnet_from_params
 
 PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
@@ -179,7 +179,7 @@ def test_ststnet_from_params_reads_only_the_crop_size() -> None:
 
 
 def test_ststnet_on_flow_features() -> None:
-    """The intended data path: two aligned crops -> pipeline.flow.flow_features -> a batch -> logits."""
+    """The intended data path: two aligned crops -> pipeline.face.optical_flow.flow_features -> a batch -> logits."""
     rng = np.random.default_rng(0)
     onset = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
     apex = np.roll(onset, 1, axis=0)

@@ -1,6 +1,7 @@
 """The local Prefect server records task runs and events (issue 23, item 1).
 
-Before: ``pipeline.local_prefect`` started ``prefect server start --no-services``, and Prefect 3 records a task
+Before: ``pipeline.orchestration.local_prefect`` started ``prefect server start --no-services``, and Prefect 3 records
+a task
 run from the events its client sends (the task run recorder service), so after ``make demo`` the database held
 37 flow runs, 0 task runs and 0 events: a flow run's page in the UI listed none of its per-video or per-seed tasks.
 """
@@ -17,7 +18,7 @@ from tests.prefect_harness import prefect_env
 SCRIPT = textwrap.dedent('''
     import asyncio, json, sys, time
     from prefect import flow, get_client
-    from pipeline.orchestration import dask_task_runner, stage_task
+    from pipeline.orchestration.stage import dask_task_runner, stage_task
 
     @stage_task
     def square(x: int) -> int:
@@ -55,7 +56,8 @@ def test_a_flow_run_lists_its_task_runs_on_dask(tmp_path):
     script.write_text(SCRIPT)
     env = prefect_env(tmp_path / "home")
     env.pop("DASK_SCHEDULER_ADDRESS", None)
-    result = subprocess.run([sys.executable, "-m", "pipeline.local_prefect", "--home", str(tmp_path / "home"),
+    result = subprocess.run([sys.executable, "-m", "pipeline.orchestration.local_prefect", "--home",
+                             str(tmp_path / "home"),
                              "--dask-workers", "2", "--", sys.executable, str(script)],
                             env={**env, "PYTHONPATH": str(__import__("pathlib").Path(__file__).parents[1])},
                             capture_output=True, text=True, timeout=300, check=False)

@@ -6,7 +6,8 @@ recognition", IEEE FG 2019.
 Faithful to the class ``STSTNet`` of the public PyTorch reference, ``main.py`` of github.com/christy1206/STSTNet
 (commit 220f3de, "Python - pytorch version of STSTNet"; lines cited below), module names included, so that the
 reference's per-subject checkpoints (``STSTNet_Weights/*.pth``) load with ``load_state_dict`` unchanged. Input:
-(B, 3, 28, 28) float32 (u, v, optical strain), e.g. :func:`pipeline.flow.flow_features` stacked over a batch.
+(B, 3, 28, 28) float32 (u, v, optical strain), e.g. :func:`pipeline.face.optical_flow.flow_features` stacked over a
+batch.
 
 - three parallel streams on the same input (l. 18-20, 30-45), each
   ``Conv2d(3 -> c, 3x3, stride 1, padding 2, bias)`` with c = 3, 5 and 8 → ``ReLU`` → ``BatchNorm2d(c)`` →
@@ -34,7 +35,7 @@ Published training recipe (``main.py`` l. 88-90, 98, 149): Adam, lr 5e-5 (no wei
 batch 256, 800 epochs, cross-entropy, LOSO on the 442-clip MEGC2019 composite (3 classes), the model of the *last*
 epoch evaluated (no early stopping); the training batches are not shuffled. The reference feeds 28 x 28 8-bit
 images of normalised u, v and strain (``norm_u_v_os``, read with ``cv2.imread`` as 0-255 floats, BGR order);
-how they were made is not public (see :mod:`pipeline.flow`).
+how they were made is not public (see :mod:`pipeline.face.optical_flow`).
 
 Dropout: the reference's rate (0.5) is part of the architecture here, so ``ModelParams.dropout`` (MIACNet's) is
 not used; the reference's own value wins.
@@ -70,7 +71,8 @@ class STSTNet(nn.Module):
     Args:
         num_classes: K >= 0 (0 gives ``forward`` = the flattened pooled map, as timm).
         image_size_px: side of the face crops the flow is computed from, kept as ``self.image_size_px`` for the
-            data pipeline (any size >= 2; :func:`pipeline.flow.flow_features` brings the flow to 28 x 28). The
+            data pipeline (any size >= 2; :func:`pipeline.face.optical_flow.flow_features` brings the flow to 28 x
+            28). The
             network itself always takes 28 x 28 flow.
 
     Attributes:
@@ -128,7 +130,7 @@ class STSTNet(nn.Module):
             shape = tuple(flow.shape) if isinstance(flow, torch.Tensor) else type(flow).__name__
             raise ValueError(
                 f"STSTNet: flow must be (B, {IN_CHANNELS}, {self.flow_size_px}, {self.flow_size_px}) "
-                f"(u, v, strain; see pipeline.flow.flow_features), got {shape}"
+                f"(u, v, strain; see pipeline.face.optical_flow.flow_features), got {shape}"
             )
         if not flow.is_floating_point():
             raise ValueError(f"STSTNet: flow must be float, got {flow.dtype}")

@@ -1,0 +1,88 @@
+"""One training run of a ``finetune_<arm>@<fold>`` stage, where its Prefect task runs (a Dask worker process).
+
+The stage process only plans the runs (seeds × label budgets) and gathers their predictions; each run loads the
+fold's inputs from disk itself: ``samples.parquet`` (decoded once per worker process and fold, then reused by the
+worker's next runs of the same fold while the files are unchanged) and, for a pre-trained arm, ``encoder.pt``. So
+the stage process never imports torch or the models (about 4 s of every fold stage's 10 s of start-up on a 2-core
+CPU), and no tensor travels through the scheduler. Each run trains on ONE thread: its result does not depend on
+how many runs share the machine (:func:`pipeline.orchestration.stage.dask_task_runner`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from pipeline.arms import ARMS
+from pipeline.config import Params
+from pipeline.data.loso import LosoFold, loso_fold
+from pipeline.data.micro import MicroTensors
+from pipeline.data.micro_table import SAMPLES_FILE, read_classes, read_samples
+from pipeline.train.distributed import resolve_device
+from pipeline.train.engine import set_deterministic, training_fingerprint
+from pipeline.train.finetune import arm_model, finetune_seed
+
+__all__ = ["FoldInputs", "fold_inputs", "train_run"]
+
+
+@dataclass(frozen=True)
+class FoldInputs:
+    """What every run of one arm on one fold shares."""
+
+    samples: pd.DataFrame
+    classes: list[str]
+    split: LosoFold
+    data: MicroTensors  # the crops at the arm's input size
+    encoder: dict | None  # MA2MI's branches for a pre-trained arm
+    fingerprint: str  # the runs' training-state identity (params, arm, fold and the inputs' bytes)
+
+
+_cache: dict[tuple, FoldInputs] = {}  # this process's last fold: one entry
+
+
+def fold_inputs(params: Params, arm: str, fold: int) -> FoldInputs:
+    """The inputs of ``arm`` on LOSO fold ``fold``, read from ``paths.micro_dir`` (and ``paths.pretrain_dir``).
+
+    Reused while the same params, arm, fold and input files (size and modification time) are asked for again.
+
+    Raises:
+        FileNotFoundError: an input is missing (the stage's upstream has not run).
+    """
+    files = [params.paths.micro_dir / SAMPLES_FILE]
+    if ARMS[arm].pretrained:
+        files.append(params.paths.pretrain_dir / "encoder.pt")
+    stats = tuple((str(path), os.stat(path).st_size, os.stat(path).st_mtime_ns) for path in files)
+    key = (params.model_dump_json(), arm, fold, stats)
+    if key not in _cache:
+        _cache.clear()
+        samples = read_samples(params.paths.micro_dir)
+        model_name, model_params = arm_model(params, arm)
+        recipe = params.finetune.recipe
+        encoder = (torch.load(files[1], map_location="cpu", weights_only=True)["encoder"] if ARMS[arm].pretrained
+                   else None)
+        # one fingerprint for every seed: each seed's state file (seed<s>.pt) names its seed
+        fingerprint = training_fingerprint({"model": model_params.model_dump(mode="json"), "model_name": model_name,
+                                            "arm": arm, "fold": fold,
+                                            "recipe": recipe.model_dump(mode="json", exclude={"seeds"})}, files)
+        _cache[key] = FoldInputs(samples, read_classes(params.paths.micro_dir), loso_fold(samples["subject"], fold),
+                                 MicroTensors(samples, model_params.image_size_px), encoder, fingerprint)
+    return _cache[key]
+
+
+def train_run(params: Params, arm: str, fold: int, seed: int, budget: int | None, out: Path,
+              state_path: Path) -> pd.DataFrame:
+    """Train ``arm`` on fold ``fold`` with ``seed``, on one thread: :func:`pipeline.train.finetune.finetune_seed`.
+
+    On ``budget`` clips per class and subject (None: all). Writes its outputs into ``out``, keeps its resumable
+    training state at ``state_path``, returns the held-out subject's predictions.
+    """
+    device = resolve_device(params.finetune.recipe.device)  # on CPU it gives torch every core: first, then
+    torch.set_num_threads(1)  # one thread (two runs of two threads each on two cores ran 10x slower, measured)
+    set_deterministic(params.finetune.recipe.deterministic)
+    inputs = fold_inputs(params, arm, fold)
+    return finetune_seed(inputs.samples, inputs.data, inputs.classes, inputs.split, arm, params, seed, device,
+                         inputs.encoder, out, state_path, inputs.fingerprint, budget)
