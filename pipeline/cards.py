@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["CARD_FORMAT", "CARD_VERSION", "NotAModelCardError", "read_card", "read_cards"]
+__all__ = ["CARD_FORMAT", "CARD_VERSION", "PREPROCESSING_KEYS", "NotAModelCardError", "read_card", "read_cards"]
 
 CARD_FORMAT = "ma2mi-model-card"
 CARD_VERSION = 1
+# the micro params a card's "preprocessing" quotes, which ma2mi predict applies to a new clip as training did
+PREPROCESSING_KEYS = ("detector", "box_scale", "align_margin", "image_size_px", "optical_flow")
 
 
 class NotAModelCardError(ValueError):

@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
 __all__ = [
+    "AU_MASK_DIR",
     "ConfigError",
     "FinetuneParams",
     "LoaderParams",
@@ -37,6 +38,10 @@ __all__ = [
     "check_paths",
     "load_params",
 ]
+
+# under micro.root: the demo renderer's ground-truth AU regions, which pipeline.synth.demo writes and
+# pipeline.evaluate.localisation reads (a real dataset has none; no adapter reads it)
+AU_MASK_DIR = "ground_truth_au_masks"
 
 # Strict scalars: YAML's `true` is not an int, "no" or 1 not a bool, "1e-3" or `true` not a float (an int is a
 # float). Lax coercion would take `epochs: true` as 1 epoch and `flip: "no"` as False, silently.

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from pipeline.config import load_params
+from pipeline.config import AU_MASK_DIR, load_params
 from pipeline.data.micro_table import read_classes, read_samples
 from pipeline.evaluate.attention import (
     attention_metrics,
@@ -27,7 +27,6 @@ from pipeline.evaluate.attention import (
     read_regions,
     score_clips,
 )
-from pipeline.evaluate.localisation import MASK_DIR
 from pipeline.io import atomic_dir, write_json
 from pipeline.orchestration.stage import flow, get_run_logger, run_stage
 from pipeline.train.distributed import resolve_device
@@ -43,7 +42,7 @@ def attention_flow(params_path: str = "params.yaml") -> dict:
     truth = has_ground_truth(root)
     regions = read_regions(samples, root, size) if truth else None
     if not truth:
-        logger.info("%s has no %s/: a real dataset, no localisation score (heat maps only)", root, MASK_DIR)
+        logger.info("%s has no %s/: a real dataset, no localisation score (heat maps only)", root, AU_MASK_DIR)
     examples = example_rows(samples, classes, params.attention.examples_per_class)
     first_seed = params.finetune.recipe.seeds[0]
     tables, drawn, methods = [], {}, set()

@@ -22,7 +22,6 @@ from prefect.artifacts import create_table_artifact
 from pipeline.config import load_params
 from pipeline.data.micro_table import read_classes, read_samples
 from pipeline.evaluate.ablation import (
-    SCORES,
     ablation_inputs,
     evaluate_ablation,
     label_efficiency,
@@ -31,6 +30,7 @@ from pipeline.evaluate.ablation import (
     save_label_efficiency_figure,
     summary_rows,
 )
+from pipeline.evaluate.metrics import SCORES
 from pipeline.io import atomic_dir, write_json
 from pipeline.orchestration.stage import flow, get_run_logger, run_stage
 

@@ -22,11 +22,11 @@ import torch
 from pipeline.arms import ARMS
 from pipeline.config import load_params
 from pipeline.data.micro_table import SAMPLES_FILE, read_classes, read_samples
+from pipeline.models.registry import arm_model
 from pipeline.orchestration.stage import flow, get_run_logger, run_stage
 from pipeline.train.distributed import resolve_device
 from pipeline.train.engine import set_deterministic, training_fingerprint
 from pipeline.train.final import check_final_arm, final_seed, model_card, save_final, train_final
-from pipeline.train.finetune import arm_model
 
 
 @flow(name="final-model")
@@ -46,20 +46,22 @@ def final_flow(arm: str, params_path: str = "params.yaml") -> dict:
     if ARMS[arm].pretrained:
         inputs.append(params.paths.pretrain_dir / "encoder.pt")
         encoder = torch.load(inputs[-1], map_location="cpu", weights_only=True)["encoder"]
-    model_name, model_params = arm_model(params, arm)
+    spec = arm_model(arm, finetune=params.finetune, model=params.model)
     get_run_logger().info("final %s model (%s, %d px): %d samples of %d subjects, seed %d, %d epochs, %s", arm,
-                          model_name, model_params.image_size_px, len(samples), samples["subject"].nunique(),
+                          spec.name, spec.image_size_px, len(samples), samples["subject"].nunique(),
                           final_seed(params), recipe.epochs, device)
-    fingerprint = training_fingerprint({"model": model_params.model_dump(mode="json"), "model_name": model_name,
+    fingerprint = training_fingerprint({"model": spec.params.model_dump(mode="json"), "model_name": spec.name,
                                         "arm": arm, "final": True, "seed": final_seed(params),
                                         "recipe": recipe.model_dump(mode="json", exclude={"seeds"})}, inputs)
     state_path = params.final.cache_dir / f"{arm}.pt"  # kept: see the module docstring
     history: list[dict[str, float]] = []
-    model = train_final(samples, len(classes), arm, params, device, encoder,
-                        lambda epoch, metrics: history.append({"epoch": epoch + 1, **metrics}),
+    model = train_final(samples, n_classes=len(classes), model=spec, recipe=recipe, seed=final_seed(params),
+                        device=device, encoder_state=encoder,
+                        on_epoch=lambda epoch, metrics: history.append({"epoch": epoch + 1, **metrics}),
                         state_path=state_path, fingerprint=fingerprint)
     out = params.final.dir
-    card = model_card(arm, params, classes, samples, model, f"{arm}.pt", loso, history)
+    card = model_card(arm=arm, spec=spec, params=params, classes=classes, samples=samples, model=model,
+                      weights_file=f"{arm}.pt", loso=loso, history=history)
     weights, card_file = save_final(out, model, card)
     get_run_logger().info("wrote %s and its card %s; LOSO %s", weights, card_file,
                           {k: card["loso"].get(k) for k in ("accuracy", "uf1", "uar")})

@@ -29,10 +29,11 @@ from typing import Any
 import pandas as pd
 
 from pipeline.arms import ARMS, active_arms
-from pipeline.config import ConfigError, Params, load_params
+from pipeline.config import ConfigError, Params, PathsParams, RecipeParams, load_params
 from pipeline.data.loso import fold_and_budget_problems, loso_fold
 from pipeline.data.micro_table import read_samples
 from pipeline.io import atomic_dir, write_parquet
+from pipeline.models.registry import ArmModel, arm_model
 from pipeline.orchestration.stage import (
     dask_task_runner,
     enter_workdir,
@@ -58,12 +59,10 @@ def finetune_flow(arm: str, fold: int, params_path: str = "params.yaml") -> dict
     if problems:  # checked before any training: a budget of every clip would train the full run again
         raise ConfigError(f"{params_path}: " + "; ".join(problems))
     split = loso_fold(table["subject"], fold)
-    baseline = params.finetune.baseline
-    model, size = ((baseline.model, baseline.image_size_px) if ARMS[arm].baseline
-                   else ("miacnet", params.model.image_size_px))
+    model = arm_model(arm, finetune=params.finetune, model=params.model)  # decided once, carried to every run
     get_run_logger().info("fold %d: test subject %s (%d samples), %d training samples, arm %s (%s, %d px), seeds "
                           "%s, device %s", fold, split.test_subject, len(split.test_idx), len(split.train_idx), arm,
-                          model, size, recipe.seeds, recipe.device)
+                          model.name, model.image_size_px, recipe.seeds, recipe.device)
     state_dir = training_state_dir(params, arm, fold)
     runs = planned_runs(params, arm, fold)
     with atomic_dir(params.paths.finetune_dir / arm / f"fold{fold}") as out, \
@@ -71,8 +70,8 @@ def finetune_flow(arm: str, fold: int, params_path: str = "params.yaml") -> dict
         # a finished run's state is kept until the stage's outputs are in place: a stage that failed or was
         # killed at a later run gets the finished runs' weights back without training them again
         futures = {name: runner.submit(train_seed.with_options(task_run_name=name),
-                                       {"workdir": os.getcwd(), "params": params, "arm": arm, "fold": fold, **run,
-                                        "out": out})
+                                       {"workdir": os.getcwd(), "paths": params.paths, "arm": arm, "model": model,
+                                        "recipe": recipe, "fold": fold, **run, "out": out})
                    for name, run in runs.items()}
         tables = gather_runs(futures, state_dir)
         write_parquet(pd.concat(tables, ignore_index=True), out / "predictions.parquet")
@@ -136,14 +135,15 @@ def gather_runs(futures: Mapping[str, Any], state_dir: Path) -> list[pd.DataFram
     return tables
 
 
-def train_task(workdir: str, params: Params, arm: str, fold: int, seed: int, budget: int | None, out: Path,
-               state_path: Path) -> pd.DataFrame:
+def train_task(workdir: str, paths: PathsParams, arm: str, model: ArmModel, recipe: RecipeParams, fold: int,
+               seed: int, budget: int | None, out: Path, state_path: Path) -> pd.DataFrame:
     """:func:`pipeline.train.fold_run.train_run` in a Dask worker, in the project's folder."""
     enter_workdir(workdir)
     route_library_logs()  # the per-epoch lines, into the task run's log
     from pipeline.train.fold_run import train_run  # torch and the models load where the run trains, not in the stage
 
-    return train_run(params, arm, fold, seed, budget, out, state_path)
+    return train_run(paths=paths, arm=arm, model=model, recipe=recipe, fold=fold, seed=seed, budget=budget, out=out,
+                     state_path=state_path)
 
 
 # one Prefect task run per training run (seed and label budget), as the UI shows them

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pipeline.config import load_params
 from pipeline.data.micro_table import DROPPED_FILE, SAMPLES_FILE, SUMMARY_FILE
-from pipeline.ingest.micro import ingest_micro, summarise, summary_markdown
+from pipeline.ingest.micro import ingest_micro, samples_summary_markdown, summarise
 from pipeline.io import atomic_dir, write_json, write_parquet
 from pipeline.orchestration.stage import flow, get_run_logger, run_stage
 
@@ -27,7 +27,7 @@ def ingest_micro_flow(params_path: str = "params.yaml") -> dict:
         write_parquet(samples.drop(columns=["onset_path", "apex_path"]), out / SAMPLES_FILE)
         write_parquet(dropped.astype({"sheet_row": "int64"}), out / DROPPED_FILE)
         write_json(summary, out / SUMMARY_FILE)
-        (out / "summary.md").write_text(summary_markdown(samples, dropped, summary, fixes))
+        (out / "summary.md").write_text(samples_summary_markdown(samples, dropped, summary, fixes))
     get_run_logger().info("%d samples from %d subjects %s; %d annotation rows dropped; %d apexes moved to the "
                           "middle frame", summary["samples"], summary["subjects"], summary["per_class"],
                           summary["dropped"], summary["apex_fixes"])

@@ -16,12 +16,10 @@ import torch
 from pipeline.config import load_params
 from pipeline.data.micro import MicroTensors
 from pipeline.data.micro_table import read_classes, read_samples
-from pipeline.evaluate.metrics import classification_metrics, seed_summary
+from pipeline.evaluate.metrics import SCORES, classification_metrics, seed_summary
 from pipeline.evaluate.probe import frozen_encoder, probe_predictions
 from pipeline.io import atomic_dir, write_json
 from pipeline.orchestration.stage import flow, get_run_logger, run_stage
-
-SCORES = ("accuracy", "uf1", "uar")
 
 
 @flow(name="probe")

@@ -14,8 +14,9 @@ import yaml
 
 from pipeline.config import Params
 from pipeline.ingest.micro import ingest_micro
+from pipeline.models.registry import arm_model
 from pipeline.synth import render_demo
-from pipeline.train.final import model_card, save_final, train_final
+from pipeline.train.final import final_seed, model_card, save_final, train_final
 from tests.conftest import REPO, shrink
 
 LOSO = {"scratch": {"accuracy": 0.5, "accuracy_std": 0.1, "uf1": 0.4, "uf1_std": 0.1, "uar": 0.5, "uar_std": 0.1,
@@ -39,9 +40,12 @@ def demo_fixture(tmp_path_factory):
     models = {}
     for arm in ("scratch", "baseline"):
         history = []
-        model = train_final(ingested.samples, len(ingested.classes), arm, params, torch.device("cpu"), None,
-                            lambda epoch, m, h=history: h.append({"epoch": epoch + 1, **m}), progress=False)
-        card = model_card(arm, params, ingested.classes, ingested.samples, model, f"{arm}.pt", LOSO, history)
+        spec = arm_model(arm, finetune=params.finetune, model=params.model)
+        model = train_final(ingested.samples, n_classes=len(ingested.classes), model=spec,
+                            recipe=params.finetune.recipe, seed=final_seed(params), device=torch.device("cpu"),
+                            on_epoch=lambda epoch, m, h=history: h.append({"epoch": epoch + 1, **m}), progress=False)
+        card = model_card(arm=arm, spec=spec, params=params, classes=ingested.classes, samples=ingested.samples,
+                          model=model, weights_file=f"{arm}.pt", loso=LOSO, history=history)
         save_final(params.final.dir, model, card)
         models[arm] = model
     return {"params": params, "samples": ingested.samples, "classes": ingested.classes, "models": models,

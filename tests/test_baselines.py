@@ -236,6 +236,7 @@ def test_mmnet_fine_tunes_through_the_engine_at_its_input_size(params_224: Model
     from pipeline.data.loso import loso_fold
     from pipeline.data.micro import MicroTensors
     from pipeline.io import encode_png
+    from pipeline.models.registry import ArmModel
     from pipeline.train.finetune import finetune_fold, predict
 
     finetune = load_params(PARAMS_YAML).finetune.recipe.model_copy(
@@ -248,7 +249,8 @@ def test_mmnet_fine_tunes_through_the_engine_at_its_input_size(params_224: Model
     fold = loso_fold(samples["subject"], 0)
     torch.manual_seed(5)
     untrained = MMNet(3).state_dict()
-    model = finetune_fold(data, fold, 3, "mmnet", params_224, finetune, 5, torch.device("cpu"), None, progress=False)
+    model = finetune_fold(data, fold, num_classes=3, model=ArmModel("mmnet", params_224), params=finetune, seed=5,
+                          device=torch.device("cpu"), progress=False)
     assert isinstance(model, MMNet) and not model.training
     assert not torch.equal(model.state_dict()["fc.weight"], untrained["fc.weight"])
     predicted, probs = predict(model, data, fold.test_idx, torch.device("cpu"))

@@ -19,7 +19,7 @@ from PIL import Image
 
 from pipeline.config import ConfigError
 from pipeline.data.micro import MicroTensors
-from pipeline.ingest.micro import read_image
+from pipeline.face.video import read_image
 from pipeline.io import decode_png
 from pipeline.serve.cli import main
 from pipeline.serve.predict import load_model

@@ -24,7 +24,8 @@ import pytest
 
 from pipeline.config import MicroParams
 from pipeline.datasets import AnnotationError, load_dataset
-from pipeline.ingest.micro import ingest_micro, read_image
+from pipeline.face.video import read_image
+from pipeline.ingest.micro import ingest_micro
 from tests.test_datasets_samm_smic_megc import MEGC_CSV, SAMM_SHEET, _megc_tree, _samm_tree
 
 CASME2_SHEET = "CASME2-coding-20140508.xlsx"
@@ -172,7 +173,7 @@ def test_read_image_rejects_a_truncated_frame(tmp_path, ext):
 # --- 3. apex fixes --------------------------------------------------------------------------------------------
 
 def test_apex_fixes_are_rows_in_summary_json_and_md(tmp_path):
-    from pipeline.ingest.micro import summarise, summary_markdown
+    from pipeline.ingest.micro import samples_summary_markdown, summarise
 
     bad = [*ROWS, ("03", "EP09_02", 9, 20, 12, "12", "happiness"), ("03", "EP09_03", 9, "/", 13, "12", "surprise")]
     _casme2_tree(tmp_path, rows=[*ROWS, ("03", "EP09_02", 9, 0, 12, "", ""), ("03", "EP09_03", 9, 0, 13, "", "")],
@@ -191,7 +192,7 @@ def test_apex_fixes_are_rows_in_summary_json_and_md(tmp_path):
     assert summary["apex_fix_rows"][1] == {"source_dataset": "casme2", "sheet_row": 7, "subject": "casme2/sub03",
                                            "clip": "EP09_03", "apex_before": None, "apex_after": 11,
                                            "reason": fixes["reason"].iloc[1]}
-    markdown = summary_markdown(samples, dropped, summary, fixes)
+    markdown = samples_summary_markdown(samples, dropped, summary, fixes)
     table = markdown.split("## Apex fixes")[1]
     cells = [[cell.strip() for cell in line.split("|")[1:-1]] for line in table.splitlines() if line.startswith("|")]
     assert cells[0] == fixes.columns.tolist()

@@ -89,7 +89,9 @@ def test_summary_over_seeds_pairs_the_arms():
 
 
 def test_the_demo_writes_masks_where_localisation_looks_for_them():
-    from pipeline.synth import demo
+    """The renderer writes ``<micro root>/<AU_MASK_DIR>/<subject>_<clip>.png`` (tests/test_synth.py reads them there);
+    localisation looks in the same place."""
+    from pipeline.config import AU_MASK_DIR
 
-    assert demo.MASK_DIR == "ground_truth_au_masks"
-    assert Path(mask_path(Path("root"), "casme2/sub03", "EP01_02")).name == "sub03_EP01_02.png"
+    path = Path(mask_path(Path("root"), "casme2/sub03", "EP01_02"))
+    assert path == Path("root") / AU_MASK_DIR / "sub03_EP01_02.png"

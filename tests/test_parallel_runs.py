@@ -158,12 +158,14 @@ def _worker_init(workspace: str) -> None:
 def _train(env: dict[str, str], params: Params, arm: str, fold: int, seed: int, budget: int | None, out: Path,
            state_path: Path) -> pd.DataFrame:
     """:func:`pipeline.train.fold_run.train_run` with the DVC environment ``env`` (as a stage's worker inherits it)."""
+    from pipeline.models.registry import arm_model
     from pipeline.train.fold_run import train_run
 
     for key in DVC_KEYS:
         os.environ.pop(key, None)
     os.environ.update(env)
-    return train_run(params, arm, fold, seed, budget, out, state_path)
+    return train_run(paths=params.paths, arm=arm, model=arm_model(arm, finetune=params.finetune, model=params.model),
+                     recipe=params.finetune.recipe, fold=fold, seed=seed, budget=budget, out=out, state_path=state_path)
 
 
 @pytest.mark.slow  # ~15-30 s: two spawned workers import torch (86 s on a loaded 2-core machine)

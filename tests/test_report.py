@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline.evaluate.summary import SCORES, summary_markdown
+from pipeline.evaluate.metrics import SCORES
+from pipeline.evaluate.summary import summary_markdown
 from pipeline.report.html import ReportInputs, build_report
 
 _DATA_IMAGE = re.compile(r"data:image/(png|jpeg|gif|webp);base64,([A-Za-z0-9+/=]+)")

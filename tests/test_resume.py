@@ -11,6 +11,7 @@ from pipeline.config import load_params
 from pipeline.data.loso import loso_fold
 from pipeline.data.micro import MicroTensors
 from pipeline.io import encode_png
+from pipeline.models.registry import ArmModel
 from pipeline.train.engine import seed_everything
 from pipeline.train.finetune import finetune_fold
 from tests.conftest import shrink
@@ -38,8 +39,8 @@ def setup(tmp_path, raw_params):
 
 
 def _run(params, data, fold, **kwargs):
-    model = finetune_fold(data, fold, 3, "miacnet", params.model, params.finetune.recipe, 0, torch.device("cpu"), None,
-                          progress=False, **kwargs)
+    model = finetune_fold(data, fold, num_classes=3, model=ArmModel("miacnet", params.model),
+                          params=params.finetune.recipe, seed=0, device=torch.device("cpu"), progress=False, **kwargs)
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
@@ -190,14 +191,16 @@ def test_a_fold_run_trains_on_one_thread(monkeypatch, tmp_path):
     from tests.conftest import REPO
 
     seen = {}
-    monkeypatch.setattr(fold_run, "fold_inputs", lambda params, arm, fold: fold_run.FoldInputs(
+    monkeypatch.setattr(fold_run, "fold_inputs", lambda **kwargs: fold_run.FoldInputs(
         pd.DataFrame(), [], None, None, None, ""))
-    monkeypatch.setattr(fold_run, "finetune_seed", lambda *args: seen.setdefault("threads", torch.get_num_threads()))
+    monkeypatch.setattr(fold_run, "finetune_seed", lambda **kwargs: seen.setdefault("threads", torch.get_num_threads()))
     params = load_params(REPO / "params.yaml")
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        fold_run.train_run(params, "scratch", 0, 0, None, tmp_path, tmp_path / "state.pt")
+        fold_run.train_run(paths=params.paths, arm="scratch", model=ArmModel("miacnet", params.model),
+                           recipe=params.finetune.recipe, fold=0, seed=0, budget=None, out=tmp_path,
+                           state_path=tmp_path / "state.pt")
     finally:
         torch.set_num_threads(threads)
     assert seen["threads"] == 1
@@ -229,8 +232,10 @@ def test_a_rerun_of_a_failed_fold_stage_takes_back_its_finished_runs(tmp_path, r
 
     def attempt(out):
         with ThreadPoolExecutor(1) as pool:  # one run at a time, in this process (so the patches apply)
-            futures = {name: pool.submit(train_run, params, "scratch", 0, run["seed"], run["budget"], out,
-                                         run["state_path"]) for name, run in runs.items()}
+            futures = {name: pool.submit(train_run, paths=params.paths, arm="scratch",
+                                         model=ArmModel("miacnet", params.model), recipe=params.finetune.recipe,
+                                         fold=0, seed=run["seed"], budget=run["budget"], out=out,
+                                         state_path=run["state_path"]) for name, run in runs.items()}
             try:
                 return futures, gather_runs(futures, training_state_dir(params, "scratch", 0))
             except TrainingRunsFailed as error:

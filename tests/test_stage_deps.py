@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tools.stage_deps import PACKAGES, generate, imported_files
+from tools.stage_deps import PACKAGES, command_models, generate, imported_files
 
 
 def declared_files(deps: list[str]) -> set[str]:
@@ -44,7 +44,8 @@ def _command_module(stage: dict) -> str:
 def test_stage_declares_exactly_the_code_it_imports(name):
     stage = _stages()[name]
     deps = (stage.get("do") or stage)["deps"]
-    imported, declared = imported_files(_command_module(stage)), declared_files(deps)
+    cmd = (stage.get("do") or stage)["cmd"]
+    imported, declared = imported_files(_command_module(stage), models=command_models(cmd)), declared_files(deps)
     assert not imported - declared, f"{name} imports but does not declare {sorted(imported - declared)}"
     assert not declared - imported, f"{name} declares but does not import {sorted(declared - imported)}"
 
@@ -56,6 +57,22 @@ def test_the_walk_sees_registries_and_lazy_imports():
     assert "pipeline/train/pretrain_ddp.py" in imported_files("stages.pretrain")
     assert not any(f.startswith("pipeline/datasets") for f in imported_files("stages.finetune"))
     assert "pipeline/models/mmnet.py" not in imported_files("stages.pretrain")
+
+
+def test_a_stage_depends_only_on_the_models_it_can_build():
+    """The registry loads a model's module by name: a MIACNet fold does not depend on the baselines (before: an
+    edit to mmnet.py, off by default, retrained every MIACNet fold); the baseline arm, whose model is a param, and
+    the stages of every arm depend on them all."""
+    deps = {name: declared_files((stage.get("do") or stage)["deps"]) for name, stage in _stages().items()}
+    baselines = {"pipeline/models/mmnet.py", "pipeline/models/ststnet.py", "pipeline/models/resnet_diff.py"}
+    for name in ("finetune_ma2mi", "finetune_scratch", "final_ma2mi", "final_scratch"):
+        assert "pipeline/models/miacnet.py" in deps[name] and not deps[name] & baselines, name
+    for name in ("finetune_baseline", "final_baseline", "attention"):
+        assert baselines <= deps[name], name
+    assert imported_files("stages.finetune", models=["ststnet"]) - imported_files("stages.finetune", models=[]) == {
+        "pipeline/models/ststnet.py"}
+    with pytest.raises(ValueError, match=r"models \['nope'\] are not in pipeline.models.registry.MODELS"):
+        imported_files("stages.finetune", models=["nope"])
 
 
 def test_dvc_yaml_is_what_tools_stage_deps_writes():
@@ -79,5 +96,9 @@ def test_the_generator_keeps_data_deps_and_refuses_a_shared_list_of_two_modules(
     written = generate(text.replace("&shared", "&shared_a").replace("*shared", "*shared_b"))
     assert "      - ${paths.micro_dir}\n" in written and "# a comment stays" in written
     assert "      - stages/check_micro.py\n" in written and "      - pipeline/datasets\n" in written
-    with pytest.raises(ValueError, match=r"stage b \(stages.evaluate\) shares deps &shared"):
+    with pytest.raises(ValueError, match=r"stage b \(stages.evaluate, models .*\) shares deps &shared"):
         generate(text.replace("*shared", "&shared"))
+    two_arms = text.replace("stages.evaluate", "stages.check_micro --arm baseline").replace(
+        "stages.check_micro\n", "stages.check_micro --arm scratch\n", 1)
+    with pytest.raises(ValueError, match=r"models miacnet, mmnet, resnet18-diff, ststnet\) shares deps &shared"):
+        generate(two_arms)

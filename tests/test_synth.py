@@ -13,7 +13,7 @@ import openpyxl
 import pandas as pd
 import pytest
 
-from pipeline.config import SynthesizeParams, load_params
+from pipeline.config import AU_MASK_DIR, SynthesizeParams, load_params
 from pipeline.synth import render_demo
 from pipeline.synth.au import (
     AU_BUMPS,
@@ -27,7 +27,6 @@ from pipeline.synth.au import (
 from pipeline.synth.demo import (
     CODING_SHEET,
     LANDMARKS_5,
-    MASK_DIR,
     apex_offsets,
     macro_identity,
     plan_micro_clips,
@@ -315,7 +314,7 @@ def test_ground_truth_landmarks_sit_on_the_rendered_face(demo, params):
     assert abs(points["eye_l"][1] - points["eye_r"][1]) < 1.0
     assert points["mouth_corner_l"][1] > points["nose_tip"][1] > points["eye_l"][1]
     for row in truth.itertuples():
-        mask = cv2.imread(str(micro_dir / MASK_DIR / f"{row.subject}_{row.clip}.png"), cv2.IMREAD_GRAYSCALE)
+        mask = cv2.imread(str(micro_dir / AU_MASK_DIR / f"{row.subject}_{row.clip}.png"), cv2.IMREAD_GRAYSCALE)
         assert mask.shape == (params.face_size_px, params.face_size_px)
         assert 0.002 < (mask > 0).mean() < 0.5, row.clip
     landmarks = pd.read_parquet(macro_dir / "landmarks.parquet")

@@ -3,14 +3,17 @@
 Every DVC stage declares exactly the project code its command imports (DESIGN §7, "exact staleness"). The imports
 are read statically: an AST walk from the stage's ``python -m <module>``, through every ``import`` and
 ``from … import`` of project modules (at any depth: inside functions too), with the package ``__init__.py`` files
-that Python runs on the way. Registries are plain imports (no module-path strings), and ``importlib`` is refused,
-so the walk sees every module a stage can load.
+that Python runs on the way. ``importlib`` is refused everywhere but in the model registry
+(:mod:`pipeline.models.registry`), which loads a model's module by name: a walk that reaches the registry adds the
+modules of the models the stage can build, :func:`pipeline.models.registry.arm_model_names` of the command's
+``--arm`` (MIACNet for the MIACNet arms; every model for the baseline arm, whose model is a param, and for a stage
+of every arm). So a model module that a stage does not build is not its dep.
 
 The command rewrites, in each stage's ``deps:`` list, the entries under ``pipeline/`` and ``stages/`` (sorted, one
 file a line) and keeps every other line of ``dvc.yaml`` as it is: data deps, comments, anchors. A list shared
 through a YAML anchor (``deps: &finetune_deps`` … ``deps: *finetune_deps``) is written once, and every stage that
-uses it must run the same module. ``--check`` writes nothing and exits 1 if the file is not what it would write
-(``tests/test_stage_deps.py`` does the same).
+uses it must run the same module and build the same models. ``--check`` writes nothing and exits 1 if the file is
+not what it would write (``tests/test_stage_deps.py`` does the same).
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ import re
 import sys
 from pathlib import Path
 
-__all__ = ["PACKAGES", "generate", "imported_files"]
+__all__ = ["PACKAGES", "command_models", "generate", "imported_files", "registry_modules"]
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("pipeline", "stages")
+REGISTRY = "pipeline.models.registry"  # the one module that imports by name (its MODELS literal)
 _CODE_DEP = re.compile(r"^\s*- (pipeline|stages)(/\S*)?\s*(#.*)?$")
 
 
@@ -43,6 +47,30 @@ def _with_packages(name: str) -> list[str]:
     """``a.b.c`` -> ``['a', 'a.b', 'a.b.c']``: importing a module runs its packages' ``__init__`` first."""
     parts = name.split(".")
     return [".".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def registry_modules(root: Path = REPO) -> dict[str, str]:
+    """Model name -> module, read statically from the ``MODELS`` literal of ``root``'s model registry.
+
+    A key is a string or a module-level string constant of the registry (``MIACNET``); a value is
+    ``"module:attribute"``.
+
+    Raises:
+        ValueError: the registry has no such ``MODELS`` dict literal.
+    """
+    path = _module_file(REGISTRY, root)
+    body = ast.parse(path.read_text(), filename=str(path)).body
+    constants = {target.id: node.value.value for node in body if isinstance(node, ast.Assign)
+                 and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+                 for target in node.targets if isinstance(target, ast.Name)}
+    for node in body:
+        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", "") == "MODELS" and \
+                isinstance(node.value, ast.Dict):
+            keys = [constants[k.id] if isinstance(k, ast.Name) else ast.literal_eval(k) for k in node.value.keys]
+            return {key: ast.literal_eval(value).partition(":")[0]
+                    for key, value in zip(keys, node.value.values, strict=True)}
+    raise ValueError(f"{path}: no `MODELS: dict[str, str] = {{name: 'module:attribute', ...}}` for the stage-deps "
+                     "walk")
 
 
 def _imported(path: Path, name: str, root: Path) -> set[str]:
@@ -65,17 +93,27 @@ def _imported(path: Path, name: str, root: Path) -> set[str]:
             found.add(module)
             found.update(f"{module}.{alias.name}" for alias in node.names)  # `from pkg import submodule`
         elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == \
-                "import_module":
+                "import_module" and name != REGISTRY:
             raise ValueError(f"{path}: importlib.import_module hides an import from the stage-deps walk; import it")
     return {module for module in found if _module_file(module, root) is not None}
 
 
-def imported_files(entry: str, root: Path = REPO) -> set[str]:
+def imported_files(entry: str, root: Path = REPO, models: list[str] | None = None) -> set[str]:
     """Repository-relative paths of every project file that ``python -m <entry>`` imports, transitively.
 
+    Args:
+        entry: the stage's module (``stages.finetune``).
+        root: the repository.
+        models: where the walk reaches the registry, the models whose modules it adds (None: every model).
+
     Raises:
-        ValueError: ``entry`` is not a project module, or a module on the way uses ``importlib.import_module``.
+        ValueError: ``entry`` is not a project module, a module on the way but the registry uses
+            ``importlib.import_module``, or ``models`` names a model the registry does not have.
     """
+    lazy = registry_modules(root) if _module_file(REGISTRY, root) else {}
+    unknown = set(models or ()) - set(lazy)
+    if unknown:
+        raise ValueError(f"models {sorted(unknown)} are not in {REGISTRY}.MODELS ({', '.join(lazy)})")
     if _module_file(entry, root) is None:
         raise ValueError(f"{entry} is not a module of {root} ({', '.join(PACKAGES)})")
     seen: set[str] = set()
@@ -85,7 +123,10 @@ def imported_files(entry: str, root: Path = REPO) -> set[str]:
         if name in seen:
             continue
         seen.add(name)
-        for module in _imported(_module_file(name, root), name, root):
+        found = _imported(_module_file(name, root), name, root)
+        if name == REGISTRY:
+            found |= {lazy[model] for model in (lazy if models is None else models)}
+        for module in found:
             todo.extend(_with_packages(module))
     return {_module_file(name, root).relative_to(root).as_posix() for name in seen}
 
@@ -106,6 +147,14 @@ def _collapsed(files: set[str], root: Path) -> list[str]:
     return sorted(files, key=lambda f: (not f.startswith("stages"), f))
 
 
+def command_models(cmd: str) -> list[str]:
+    """The models a stage command can build: :func:`pipeline.models.registry.arm_model_names` of its ``--arm``."""
+    from pipeline.models.registry import arm_model_names  # torch-free
+
+    arm = re.search(r"--arm\s+([\w-]+)", cmd)
+    return arm_model_names(arm.group(1) if arm else None)
+
+
 def _indent(line: str) -> int:
     return len(line) - len(line.lstrip())
 
@@ -115,12 +164,14 @@ def generate(text: str, root: Path = REPO) -> str:
 
     Raises:
         ValueError: a stage's ``deps:`` comes before its ``cmd:``, a command is not ``python -m <module>``, or two
-            stages that share an anchored deps list run different modules (the line is named).
+            stages that share an anchored deps list run different modules or build different models (the line is
+            named).
     """
     lines = text.split("\n")
     out: list[str] = []
     stage = module = None
-    anchors: dict[str, str] = {}
+    models: list[str] = []
+    anchors: dict[str, tuple[str, list[str]]] = {}
     i = 0
     while i < len(lines):
         line = lines[i]
@@ -133,15 +184,17 @@ def generate(text: str, root: Path = REPO) -> str:
                 raise ValueError(f"dvc.yaml:{i + 1}: stage {stage}'s command {cmd.group(1)!r} is not "
                                  f"`python -m <module> ...`")
             module = found.group(1)
+            models = command_models(cmd.group(1))
         deps = re.match(r"^(\s*)deps:\s*(?:([&*])([\w-]+))?", line)
         if deps and stage:
             if module is None:
                 raise ValueError(f"dvc.yaml:{i + 1}: stage {stage}'s deps come before its cmd")
             if deps.group(2):
                 anchor = deps.group(3)
-                if anchors.setdefault(anchor, module) != module:
-                    raise ValueError(f"dvc.yaml:{i + 1}: stage {stage} ({module}) shares deps &{anchor} with a "
-                                     f"stage running {anchors[anchor]}: give it a list of its own")
+                if anchors.setdefault(anchor, (module, models)) != (module, models):
+                    raise ValueError(f"dvc.yaml:{i + 1}: stage {stage} ({module}, models {', '.join(models)}) shares "
+                                     f"deps &{anchor} with a stage running {anchors[anchor][0]} (models "
+                                     f"{', '.join(anchors[anchor][1])}): give it a list of its own")
             out.append(line)
             i += 1
             items: list[str] = []
@@ -150,7 +203,7 @@ def generate(text: str, root: Path = REPO) -> str:
                 i += 1
             if items:
                 pad = " " * _indent(items[0])
-                code = [f"{pad}- {path}" for path in _collapsed(imported_files(module, root), root)]
+                code = [f"{pad}- {path}" for path in _collapsed(imported_files(module, root, models), root)]
                 others = [item for item in items if not _CODE_DEP.match(item)]
                 out.extend(code + others)
             continue

@@ -31,7 +31,7 @@ from pipeline.io import decode_jpeg
 
 __all__ = ["EpochPairs", "MacroFrames", "PairDataset", "macro_shards", "pair_loader"]
 
-INDEX_COLUMNS = ["video", "frame_index", "time_s"]
+PAIR_INDEX_COLUMNS = ["video", "frame_index", "time_s"]  # what pre-training reads of a shard's index
 
 
 def macro_shards(macro_dir: Path, sources: Iterable[str]) -> list[Path]:
@@ -81,7 +81,7 @@ class MacroFrames:
             raise FileNotFoundError("no macro frame shard to read; run the ingest_macro stages")
         parts, shard_of, row_of = [], [], []
         for number, shard in enumerate(self.shards):
-            table = pq.read_table(shard, columns=INDEX_COLUMNS).to_pandas()
+            table = pq.read_table(shard, columns=PAIR_INDEX_COLUMNS).to_pandas()
             parts.append(table)
             shard_of.append(np.full(len(table), number, np.int32))
             row_of.append(np.arange(len(table), dtype=np.int32))

@@ -23,16 +23,21 @@ from sklearn.metrics import ConfusionMatrixDisplay
 from pipeline.arms import ARMS, active_arms, arm_label
 from pipeline.config import Params
 from pipeline.data.loso import ALL_LABELS
-from pipeline.evaluate.metrics import classification_metrics, confusion, per_group_metrics, seed_summary
+from pipeline.evaluate.metrics import (
+    DIFFERENCE,
+    SCORES,
+    classification_metrics,
+    confusion,
+    per_group_metrics,
+    seed_summary,
+)
 from pipeline.evaluate.summary import arm_entries, format_mean_std
 from pipeline.io import atomic_path
 
-__all__ = ["DIFFERENCE", "SCORES", "Ablation", "ablation_inputs", "check_coverage", "evaluate_ablation",
+__all__ = ["Ablation", "ablation_inputs", "check_coverage", "evaluate_ablation",
            "format_score", "label_efficiency", "mean_curve", "read_predictions", "run_info", "save_figures",
            "save_label_efficiency_figure", "summary_rows"]
 
-SCORES = ("accuracy", "uf1", "uar")
-DIFFERENCE = "ma2mi_minus_scratch"
 
 
 def check_coverage(predictions: pd.DataFrame, arm: str, seeds: Sequence[int], subjects: set[str],

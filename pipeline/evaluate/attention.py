@@ -23,20 +23,18 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from pipeline.arms import active_arms, arm_label
-from pipeline.config import Params
+from pipeline.config import AU_MASK_DIR, Params
 from pipeline.data.loso import loso_fold
 from pipeline.data.micro import MicroTensors
 from pipeline.data.tensors import images_to_tensor
 from pipeline.evaluate.localisation import (
-    MASK_DIR,
     localisation_scores,
     mask_path,
     read_region,
     summarise_localisation,
 )
 from pipeline.models.heatmap import model_heatmaps, overlay
-from pipeline.models.registry import create_model
-from pipeline.train.finetune import arm_model, model_inputs
+from pipeline.models.registry import ArmModel, arm_model, create_model, model_inputs
 
 __all__ = ["FoldMaps", "attention_metrics", "example_rows", "examples_figure", "fold_maps", "has_ground_truth",
            "load_fold_model", "method_for", "read_regions", "score_clips"]
@@ -67,7 +65,7 @@ class FoldMaps:
 
 def has_ground_truth(micro_root: Path) -> bool:
     """True when the dataset ships the demo renderer's AU masks (``<root>/ground_truth_au_masks/``)."""
-    return (micro_root / MASK_DIR).is_dir()
+    return (micro_root / AU_MASK_DIR).is_dir()
 
 
 def method_for(model: nn.Module, method: str) -> str:
@@ -75,17 +73,20 @@ def method_for(model: nn.Module, method: str) -> str:
     return method if method != "attention" or hasattr(model, "forward_with_attention") else "gradcam"
 
 
-def load_fold_model(params: Params, arm: str, fold: int, seed: int, n_classes: int) -> nn.Module:
+def load_fold_model(finetune_dir: Path, *, arm: str, spec: ArmModel, fold: int, seed: int,
+                    n_classes: int) -> nn.Module:
     """The model a ``finetune_<arm>@<fold>`` stage saved for ``seed``, in eval mode on the CPU.
+
+    ``spec`` is the arm's classifier (:func:`pipeline.models.registry.arm_model`), ``finetune_dir`` is
+    ``paths.finetune_dir``.
 
     Raises:
         FileNotFoundError: no such checkpoint (the message names it and the stage that writes it).
     """
-    path = params.paths.finetune_dir / arm / f"fold{fold}" / f"model_seed{seed}.pt"
+    path = finetune_dir / arm / f"fold{fold}" / f"model_seed{seed}.pt"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; run `dvc repro finetune_{arm}@{fold}`")
-    model_name, model_params = arm_model(params, arm)
-    model = create_model(model_name, n_classes, model_params)
+    model = create_model(spec.name, n_classes, spec.params)
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
     return model.eval()
 
@@ -110,12 +111,13 @@ def fold_maps(params: Params, samples: pd.DataFrame, n_classes: int, method: str
     """
     crop = params.micro.image_size_px
     for arm in active_arms(params.finetune):
-        _, model_params = arm_model(params, arm)
-        data = MicroTensors(samples, model_params.image_size_px)
+        spec = arm_model(arm, finetune=params.finetune, model=params.model)
+        data = MicroTensors(samples, spec.image_size_px)
         for fold in params.finetune.folds:
             split = loso_fold(samples["subject"], fold)
             for seed in params.finetune.recipe.seeds:
-                model = load_fold_model(params, arm, fold, seed, n_classes).to(device)
+                model = load_fold_model(params.paths.finetune_dir, arm=arm, spec=spec, fold=fold, seed=seed,
+                                        n_classes=n_classes).to(device)
                 how = method_for(model, method)
                 maps, probs = [], []
                 for batch in data.batches(split.test_idx, batch_size, None,
@@ -178,7 +180,8 @@ def attention_metrics(per_clip: pd.DataFrame, method: str, micro_root: Path) -> 
     """
     if "mass_in_region" not in per_clip:
         return {"ground_truth": False, "method": method,
-                "note": f"{micro_root} has no {MASK_DIR}/ (only the demo renderer writes one): no localisation score"}
+                "note": f"{micro_root} has no {AU_MASK_DIR}/ (only the demo renderer writes one): no localisation "
+                        "score"}
     return {"ground_truth": True, "method": method, **summarise_localisation(per_clip)}
 
 

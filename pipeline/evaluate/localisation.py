@@ -34,12 +34,12 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from pipeline.config import AU_MASK_DIR
 from pipeline.evaluate.metrics import seed_summary
 
-__all__ = ["LOCALISATION_SCORES", "MASK_DIR", "localisation_scores", "mask_path", "read_region",
+__all__ = ["LOCALISATION_SCORES", "localisation_scores", "mask_path", "read_region",
            "region_in_crop", "summarise_localisation"]
 
-MASK_DIR = "ground_truth_au_masks"  # under the micro root (pipeline.synth.demo.MASK_DIR)
 LOCALISATION_SCORES = ("mass_in_region", "pointing_hit_rate")
 
 
@@ -51,7 +51,7 @@ def mask_path(micro_root: Path, subject: str, clip: str) -> Path:
     >>> mask_path(Path("data/demo/micro"), "casme2/sub01", "EP02_01f").as_posix()
     'data/demo/micro/ground_truth_au_masks/sub01_EP02_01f.png'
     """
-    return micro_root / MASK_DIR / f"{subject.rsplit('/', 1)[-1]}_{clip}.png"
+    return micro_root / AU_MASK_DIR / f"{subject.rsplit('/', 1)[-1]}_{clip}.png"
 
 
 def region_in_crop(mask: np.ndarray, matrix: Sequence[float] | np.ndarray, size_px: int) -> np.ndarray:

@@ -18,10 +18,10 @@ import json
 import sys
 from collections.abc import Mapping
 
+from pipeline.evaluate.metrics import DIFFERENCE, SCORES
+
 __all__ = ["arm_entries", "format_mean_std", "localisation_rows", "main", "summary_markdown"]
 
-SCORES = ("accuracy", "uf1", "uar")  # pipeline.evaluate.ablation.SCORES
-DIFFERENCE = "ma2mi_minus_scratch"  # pipeline.evaluate.ablation.DIFFERENCE
 
 
 def format_mean_std(summary: Mapping, key: str, digits: int = 3, signed: bool = False) -> str:

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from pipeline.config import ConfigError
-from pipeline.face.video import Geometry, HaarFaceDetector, crop_matrix
+from pipeline.config import ConfigError, MicroParams
+from pipeline.face.video import Geometry, HaarFaceDetector, crop_matrix, warp_face
 
 __all__ = [
     "ARCFACE_TEMPLATE_112",
@@ -35,6 +35,7 @@ __all__ = [
     "LANDMARK_NAMES",
     "Face",
     "MtcnnDetector",
+    "align_clip",
     "align_matrix",
     "apply_matrix",
     "canonical_template",
@@ -399,3 +400,26 @@ def clip_matrix(frame: np.ndarray, detector: object | None, image_size_px: int, 
     if box is None:
         raise ValueError("no face found on the onset frame (haar)")
     return crop_matrix(box, box_scale, image_size_px)
+
+
+def align_clip(onset: np.ndarray, apex: np.ndarray, params: MicroParams,
+               detector: object | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Crop onset and apex with one transform computed on the onset frame (:func:`pipeline.face.align.clip_matrix`).
+
+    Args:
+        onset: ``(H, W, 3) uint8 RGB`` onset frame of the clip.
+        apex: ``(H, W, 3) uint8 RGB`` apex frame of the same clip (same size as ``onset``).
+        params: the ``micro`` section (``image_size_px``, ``box_scale``, ``align_margin``).
+        detector: from :func:`pipeline.face.align.make_detector` (None for pre-cropped faces).
+
+    Returns:
+        ``(onset_crop, apex_crop, matrix)``: the crops ``(image_size_px, image_size_px, 3) uint8 RGB`` and the
+        ``(2, 3)`` float64 transform from frame px to crop px.
+
+    Raises:
+        ValueError: frames of different sizes, or no face found on the onset frame.
+    """
+    if onset.shape != apex.shape:
+        raise ValueError(f"onset {onset.shape} and apex {apex.shape} frames differ in size")
+    matrix = clip_matrix(onset, detector, params.image_size_px, params.box_scale, params.align_margin)
+    return warp_face(onset, matrix, params.image_size_px), warp_face(apex, matrix, params.image_size_px), matrix

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image, ImageFile
 
 __all__ = [
     "BoxTracker",
@@ -38,6 +39,7 @@ __all__ = [
     "natural_key",
     "open_sequence",
     "probe_video",
+    "read_image",
     "smooth_box_track",
     "smoothing_window",
     "warp_face",
@@ -45,7 +47,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")  # frame files, in the order messages list them
 DECODE_CHUNK_BYTES = 64 << 20  # decoded pixels per chunk (720p: 24 frames, 1080p: 10)
 MAX_CHUNK_FRAMES = 32
 
@@ -690,3 +692,44 @@ def _warp(frame: np.ndarray, matrix: np.ndarray, size_px: int) -> np.ndarray:
     return cv2.warpAffine(
         frame, matrix, (size_px, size_px), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
     )
+
+
+def _check_complete(path: Path) -> None:
+    """Decode ``path`` fully with Pillow, truncated images not allowed.
+
+    OpenCV decodes a truncated JPEG with a warning on stderr that does not name the file, and fills the missing
+    rows with grey; Pillow raises instead (``image file is truncated``) for JPEG, PNG and BMP alike, as long as
+    ``ImageFile.LOAD_TRUNCATED_IMAGES`` is off, which it is for the duration of this call (process-wide
+    setting, restored after).
+
+    Raises:
+        ValueError: the file is truncated or not a decodable image (the message names it and Pillow's error).
+    """
+    saved = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise ValueError(f"{path}: truncated or corrupt image file ({type(err).__name__}: {err})") from err
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = saved
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Read a whole frame file as ``(H, W, 3) uint8 RGB``.
+
+    The file is first decoded by Pillow with truncation an error (:func:`_check_complete`), then by OpenCV for
+    the pixels (as before, EXIF orientation applied).
+
+    Raises:
+        FileNotFoundError: the file does not exist (the message names it).
+        ValueError: the file is truncated, corrupt or not an image (the message names it).
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: frame file missing")
+    _check_complete(path)
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"{path}: OpenCV cannot decode this image file")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)

@@ -5,7 +5,7 @@ transform, computed on its onset frame, and the same transform is applied to its
 
 Frames are checked before use: a source whose frame files are mostly missing fails (the layout does not match,
 :func:`pipeline.datasets.check_frames`); a single missing, truncated or corrupt frame file drops its row with a
-reason naming the file (:func:`read_image`), never a half-grey crop.
+reason naming the file (:func:`pipeline.face.video.read_image`), never a half-grey crop.
 """
 
 from __future__ import annotations
@@ -14,20 +14,18 @@ import logging
 from pathlib import Path
 from typing import NamedTuple
 
-import cv2
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageFile
 from tqdm.auto import tqdm
 
 from pipeline.config import MicroParams
 from pipeline.datasets import check_frames, load_dataset
-from pipeline.face.align import clip_matrix, make_detector
+from pipeline.face.align import align_clip, make_detector
 from pipeline.face.optical_flow import flow_features
-from pipeline.face.video import warp_face
+from pipeline.face.video import read_image
 from pipeline.io import encode_array, encode_png
 
-__all__ = ["Ingested", "align_clip", "ingest_micro", "read_image", "summarise", "summary_markdown"]
+__all__ = ["Ingested", "ingest_micro", "samples_summary_markdown", "summarise"]
 
 log = logging.getLogger(__name__)
 
@@ -51,70 +49,6 @@ class Ingested(NamedTuple):
     dropped: pd.DataFrame
     classes: list[str]
     fixes: pd.DataFrame
-
-
-def _check_complete(path: Path) -> None:
-    """Decode ``path`` fully with Pillow, truncated images not allowed.
-
-    OpenCV decodes a truncated JPEG with a warning on stderr that does not name the file, and fills the missing
-    rows with grey; Pillow raises instead (``image file is truncated``) for JPEG, PNG and BMP alike, as long as
-    ``ImageFile.LOAD_TRUNCATED_IMAGES`` is off, which it is for the duration of this call (process-wide
-    setting, restored after).
-
-    Raises:
-        ValueError: the file is truncated or not a decodable image (the message names it and Pillow's error).
-    """
-    saved = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    try:
-        with Image.open(path) as image:
-            image.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise ValueError(f"{path}: truncated or corrupt image file ({type(err).__name__}: {err})") from err
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = saved
-
-
-def read_image(path: Path) -> np.ndarray:
-    """Read a whole frame file as ``(H, W, 3) uint8 RGB``.
-
-    The file is first decoded by Pillow with truncation an error (:func:`_check_complete`), then by OpenCV for
-    the pixels (as before, EXIF orientation applied).
-
-    Raises:
-        FileNotFoundError: the file does not exist (the message names it).
-        ValueError: the file is truncated, corrupt or not an image (the message names it).
-    """
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: frame file missing")
-    _check_complete(path)
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"{path}: OpenCV cannot decode this image file")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def align_clip(onset: np.ndarray, apex: np.ndarray, params: MicroParams,
-               detector: object | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Crop onset and apex with one transform computed on the onset frame (:func:`pipeline.face.align.clip_matrix`).
-
-    Args:
-        onset: ``(H, W, 3) uint8 RGB`` onset frame of the clip.
-        apex: ``(H, W, 3) uint8 RGB`` apex frame of the same clip (same size as ``onset``).
-        params: the ``micro`` section (``image_size_px``, ``box_scale``, ``align_margin``).
-        detector: from :func:`pipeline.face.align.make_detector` (None for pre-cropped faces).
-
-    Returns:
-        ``(onset_crop, apex_crop, matrix)``: the crops ``(image_size_px, image_size_px, 3) uint8 RGB`` and the
-        ``(2, 3)`` float64 transform from frame px to crop px.
-
-    Raises:
-        ValueError: frames of different sizes, or no face found on the onset frame.
-    """
-    if onset.shape != apex.shape:
-        raise ValueError(f"onset {onset.shape} and apex {apex.shape} frames differ in size")
-    matrix = clip_matrix(onset, detector, params.image_size_px, params.box_scale, params.align_margin)
-    return warp_face(onset, matrix, params.image_size_px), warp_face(apex, matrix, params.image_size_px), matrix
 
 
 def ingest_micro(params: MicroParams, progress: bool = True) -> Ingested:
@@ -194,7 +128,7 @@ def summarise(samples: pd.DataFrame, dropped: pd.DataFrame, classes: list[str], 
     }
 
 
-def summary_markdown(samples: pd.DataFrame, dropped: pd.DataFrame, summary: dict, fixes: pd.DataFrame) -> str:
+def samples_summary_markdown(samples: pd.DataFrame, dropped: pd.DataFrame, summary: dict, fixes: pd.DataFrame) -> str:
     """The summary as a Markdown report: totals, counts per class, subject and source, every drop and apex fix."""
     counts = pd.crosstab(samples["subject"], samples["label_name"], margins=True, margins_name="total")
     by_source = samples.groupby("source_dataset").agg(samples=("sample_id", "size"), subjects=("subject", "nunique"))

@@ -24,7 +24,7 @@ __all__ = [
     "MIN_STAGES",
     "ActionBranch",
     "PositionBranch",
-    "check_frames",
+    "check_frame_batch",
     "encoder_state_dict",
     "load_encoder_state_dict",
     "stage_strides",
@@ -45,7 +45,7 @@ def stage_strides(n_stages: int) -> list[int]:
     return [2 if i < MIN_STAGES else 1 for i in range(n_stages)]
 
 
-def check_frames(name: str, *frames: torch.Tensor) -> None:
+def check_frame_batch(name: str, *frames: torch.Tensor) -> None:
     """Check that frames are (B, 3, H, W) floating tensors of one shape with H, W >= 16.
 
     Raises:

@@ -37,7 +37,7 @@ from timm.layers import ConvNormAct, trunc_normal_
 from torch import nn
 
 from pipeline.config import ModelParams
-from pipeline.models.branches import check_frames, encoder_state_dict, load_encoder_state_dict
+from pipeline.models.branches import check_frame_batch, encoder_state_dict, load_encoder_state_dict
 from pipeline.models.layers import init_weights
 from pipeline.models.miacnet import build_branches
 
@@ -110,7 +110,7 @@ class MA2MI(nn.Module):
 
     def forward(self, source: torch.Tensor, future: torch.Tensor) -> torch.Tensor:
         """Predicted future (B, 3, H, W) float32 = source + predicted residual; both inputs (B, 3, H, W)."""
-        check_frames(type(self).__name__, source, future)
+        check_frame_batch(type(self).__name__, source, future)
         pyramid = self.position_branch.forward_pyramid(source)  # [(B, C_i, h_i, w_i)]
         code = self.action_branch(source, future)  # (B, code, H/16, W/16)
         residual = self.decoder(pyramid, code, source.shape[-2:])  # (B, 3, H, W)

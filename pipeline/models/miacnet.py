@@ -29,7 +29,7 @@ from pipeline.models.branches import (
     ENCODER_PREFIXES,
     ActionBranch,
     PositionBranch,
-    check_frames,
+    check_frame_batch,
     encoder_state_dict,
     load_encoder_state_dict,
 )
@@ -102,7 +102,7 @@ class MIACNet(nn.Module):
         ``second`` is the apex frame (``action_input: difference``: the branch sees ``apex - onset``) or the
         onset → apex optical flow (u, v, strain) at the frames' size (``action_input: flow``).
         """
-        check_frames(type(self).__name__, onset, second)
+        check_frame_batch(type(self).__name__, onset, second)
         position = self.position_branch(onset)  # (B, Cp, h, w)
         motion = second if self.action_input == "flow" else second - onset  # (B, 3, H, W)
         action, attention = self.action_branch.forward_motion(motion)  # (B, code, h, w), (B, 1, h, w)

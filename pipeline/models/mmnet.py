@@ -42,7 +42,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from pipeline.config import ModelParams
-from pipeline.models.branches import check_frames
+from pipeline.models.branches import check_frame_batch
 from pipeline.models.layers import CABlock, init_weights
 
 __all__ = ["MMNET_IMAGE_SIZE_PX", "MMNet", "MMNetMainBranch", "PositionCalibration", "mmnet_from_params"]
@@ -175,7 +175,7 @@ class MMNet(nn.Module):
 
     def forward_features(self, onset: torch.Tensor, apex: torch.Tensor) -> torch.Tensor:
         """Fused map (B, 512, 14, 14) = main branch + PC module, of onset, apex (B, 3, 224, 224) float32."""
-        check_frames(type(self).__name__, onset, apex)
+        check_frame_batch(type(self).__name__, onset, apex)
         if tuple(onset.shape[2:]) != (self.image_size_px, self.image_size_px):
             raise ValueError(
                 f"MMNet: frames must be (B, 3, {self.image_size_px}, {self.image_size_px}), "

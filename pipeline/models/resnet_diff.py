@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from pipeline.config import ModelParams
-from pipeline.models.branches import check_frames
+from pipeline.models.branches import check_frame_batch
 from pipeline.models.checkpoint import check_state_fits
 
 __all__ = ["ResNetDiff", "load_backbone_checkpoint"]
@@ -90,7 +90,7 @@ class ResNetDiff(nn.Module):
 
     def forward_features(self, onset: torch.Tensor, apex: torch.Tensor) -> torch.Tensor:
         """Backbone map (B, 512, ceil(H/32), ceil(W/32)) of ``apex - onset``; inputs (B, 3, H, W) float32."""
-        check_frames(type(self).__name__, onset, apex)
+        check_frame_batch(type(self).__name__, onset, apex)
         return self.backbone.forward_features(apex - onset)  # (B, 512, H/32, W/32)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

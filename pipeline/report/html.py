@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from pipeline.evaluate.summary import DIFFERENCE, SCORES, arm_entries, format_mean_std, localisation_rows
+from pipeline.evaluate.metrics import DIFFERENCE, SCORES
+from pipeline.evaluate.summary import arm_entries, format_mean_std, localisation_rows
 
 __all__ = ["ReportInputs", "build_report", "image_tag"]
 

@@ -12,7 +12,7 @@ Frame numbers, the rule:
 - **Video file** (decord): frame ``N`` is the ``N``-th decoded frame, counting from 0; a time ``t`` seconds is frame
   ``round(t * fps)`` at the container's average frame rate.
 
-Frames are read as ``(H, W, 3) uint8 RGB``: images with :func:`pipeline.ingest.micro.read_image` (the reader of
+Frames are read as ``(H, W, 3) uint8 RGB``: images with :func:`pipeline.face.video.read_image` (the reader of
 training: truncated files are errors), videos with decord.
 """
 
@@ -24,12 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.ingest.micro import read_image
+from pipeline.face.video import IMAGE_SUFFIXES, read_image
 
-__all__ = ["IMAGE_SUFFIXES", "ClipFrames", "FrameRangeError", "InputError", "folder_frames", "frame_number",
+__all__ = ["ClipFrames", "FrameRangeError", "InputError", "folder_frames", "frame_number",
            "read_clip"]
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 _LAST_NUMBER = re.compile(r"(\d+)\D*$")
 
 

@@ -5,7 +5,7 @@ it; :meth:`Predictor.predict` takes a clip's onset and apex frames and does what
 
 1. ONE crop / alignment transform from the onset frame, with the card's detector (``none``, ``haar``, ``mtcnn``),
    ``box_scale``, ``align_margin`` and crop size, applied to both frames
-   (:func:`pipeline.ingest.micro.align_clip`, the function ``ingest_micro`` uses);
+   (:func:`pipeline.face.align.align_clip`, the function ``ingest_micro`` uses);
 2. with ``optical_flow: tvl1``, the onset → apex TV-L1 flow at the crop size, stored as float16 as
    ``ingest_micro`` stores it (:func:`pipeline.face.optical_flow.flow_features`);
 3. the crops (and flow) turned into the model's batch by :class:`pipeline.data.micro.MicroTensors`, the class that
@@ -45,19 +45,16 @@ import pandas as pd
 import pydantic
 import torch
 
-from pipeline.cards import NotAModelCardError, read_card
+from pipeline.cards import PREPROCESSING_KEYS, NotAModelCardError, read_card
 from pipeline.config import MicroParams, ModelParams
 from pipeline.data.micro import MicroTensors
-from pipeline.face.align import DETECTORS, make_detector
+from pipeline.face.align import DETECTORS, align_clip, make_detector
 from pipeline.face.optical_flow import flow_features
-from pipeline.ingest.micro import align_clip
 from pipeline.io import encode_array, encode_png
 from pipeline.models.checkpoint import check_state_fits
 from pipeline.models.heatmap import HEATMAP_METHODS, model_heatmaps
-from pipeline.models.registry import MODELS, create_model
+from pipeline.models.registry import MODELS, create_model, model_inputs
 from pipeline.serve.clips import InputError
-from pipeline.train.final import PREPROCESSING_KEYS
-from pipeline.train.finetune import model_inputs
 
 __all__ = ["NoFaceError", "NotAModelCardError", "Prediction", "Predictor", "card_path", "load_model"]
 

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from pipeline.config import SynthesizeParams
+from pipeline.config import AU_MASK_DIR, SynthesizeParams
 from pipeline.io import write_parquet
 from pipeline.synth.au import CLASS_PATTERNS, Expression, action_units_cell, expression_field, sample_expression
 from pipeline.synth.face import Identity, Layout, landmarks, sample_identity
@@ -55,7 +55,6 @@ __all__ = [
     "CODING_SHEET",
     "LANDMARKS_5",
     "LANDMARK_COLUMNS",
-    "MASK_DIR",
     "MacroEvent",
     "MicroClip",
     "RenderItem",
@@ -77,8 +76,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CODING_SHEET = "CASME2-coding-20140508.xlsx"
-MASK_DIR = "ground_truth_au_masks"  # under the micro root; no adapter reads it
-CLASSES = ("negative", "positive", "surprise")
+DEMO_CLASSES = ("negative", "positive", "surprise")
 MACRO_CANVAS_SCALE = 2  # macro canvas side / face box side: the face sits in background, as in real videos
 FIRST_FRAME = (10, 60)  # CASME II clip folders start at img<N> with N a few tens
 PRE_ONSET_FRAMES = (3, 12)  # neutral frames before the onset
@@ -231,11 +229,11 @@ def plan_micro_clips(params: SynthesizeParams, subject: int) -> list[MicroClip]:
     displacement from ``micro_peak_px``.
     """
     rng = _rng(params, subject, _STREAM_MICRO)
-    n_clips = len(CLASSES) * params.clips_per_class
+    n_clips = len(DEMO_CLASSES) * params.clips_per_class
     names = _clip_names(rng, n_clips)
     clips = []
     for k in range(n_clips):
-        cls = CLASSES[k // params.clips_per_class]
+        cls = DEMO_CLASSES[k // params.clips_per_class]
         patterns = CLASS_PATTERNS[cls]
         pattern = patterns[(subject * params.clips_per_class + k % params.clips_per_class) % len(patterns)]
         n_active = max(2, int(rng.uniform(*params.micro_duration_s) * params.micro_fps))
@@ -267,7 +265,7 @@ def plan_macro_events(params: SynthesizeParams, rng: np.random.Generator) -> lis
             t_s, duration_s = MACRO_GAP_S[0], min(duration_s, total_s - 2 * MACRO_GAP_S[0])
         onset, offset = round(t_s * fps), round((t_s + duration_s) * fps)
         apex = onset + int(np.clip(round(rng.uniform(*APEX_FRACTION) * (offset - onset)), 1, offset - onset - 1))
-        expression = sample_expression(rng, CLASSES[int(rng.integers(len(CLASSES)))])
+        expression = sample_expression(rng, DEMO_CLASSES[int(rng.integers(len(DEMO_CLASSES)))])
         events.append(MacroEvent(expression, onset, apex, offset, float(rng.uniform(*params.macro_peak_px))))
         t_s += duration_s + rng.uniform(*MACRO_GAP_S)
 
@@ -393,7 +391,7 @@ def _clear_previous(micro_dir: Path, macro_dir: Path) -> None:
     if cropped.exists():
         log.info("removing the previous demo frames in %s", cropped)
         shutil.rmtree(cropped)
-    masks = micro_dir / MASK_DIR
+    masks = micro_dir / AU_MASK_DIR
     if masks.exists():
         shutil.rmtree(masks)
     for old in sorted(macro_dir.glob("demo_*_m*.mp4")):
@@ -409,7 +407,7 @@ def render_subject(params: SynthesizeParams, subject: int, micro_dir: Path) -> l
     identity = subject_identity(params, subject)
     scene = make_scene(identity, Layout(params.face_size_px, params.face_size_px))
     return [render_micro_clip(clip, identity, scene, params, _rng(params, subject, _STREAM_MICRO, k + 1),
-                              Path(micro_dir) / "Cropped", Path(micro_dir) / MASK_DIR)
+                              Path(micro_dir) / "Cropped", Path(micro_dir) / AU_MASK_DIR)
             for k, clip in enumerate(plan_micro_clips(params, subject))]
 
 

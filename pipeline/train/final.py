@@ -3,7 +3,8 @@
 LOSO evaluation says how well a recipe generalises to a new person; the model a user applies to new clips is
 then trained once more on all subjects, with the same recipe and the same fixed number of epochs (nothing is
 selected on any data), from the first seed of ``finetune.recipe.seeds`` (one model, not an ensemble: the seeds'
-spread is reported in the card's LOSO metrics). :func:`train_final` is :func:`pipeline.train.finetune.finetune_fold`
+spread is reported in the card's LOSO metrics). :func:`train_final` is
+:func:`pipeline.train.finetune.finetune_fold`
 with a "fold" whose training rows are every sample and whose test rows are none.
 
 The model card (:func:`model_card`, ``<arm>.json`` beside ``<arm>.pt``) holds everything needed to apply the
@@ -24,18 +25,17 @@ import torch
 from torch import nn
 
 from pipeline.arms import ARMS, active_arms, arm_label
-from pipeline.cards import CARD_FORMAT, CARD_VERSION
-from pipeline.config import ConfigError, MicroParams, Params
+from pipeline.cards import CARD_FORMAT, CARD_VERSION, PREPROCESSING_KEYS
+from pipeline.config import ConfigError, MicroParams, Params, RecipeParams
 from pipeline.data.loso import LosoFold
 from pipeline.data.micro import MicroTensors
 from pipeline.face.align import canonical_template
 from pipeline.io import write_json
-from pipeline.models.registry import input_names
+from pipeline.models.registry import ArmModel, input_names
 from pipeline.train.engine import save_checkpoint
-from pipeline.train.finetune import arm_model, finetune_fold
+from pipeline.train.finetune import finetune_fold
 
 __all__ = [
-    "PREPROCESSING_KEYS",
     "alignment_text",
     "all_subjects_fold",
     "check_final_arm",
@@ -44,9 +44,6 @@ __all__ = [
     "save_final",
     "train_final",
 ]
-
-PREPROCESSING_KEYS = ("detector", "box_scale", "align_margin", "image_size_px", "optical_flow")
-
 
 def final_seed(params: Params) -> int:
     """The seed of the final models: the first of ``finetune.recipe.seeds``."""
@@ -76,16 +73,18 @@ def all_subjects_fold(n_samples: int) -> LosoFold:
     return LosoFold(-1, "", np.arange(n_samples), np.arange(0))
 
 
-def train_final(samples: pd.DataFrame, n_classes: int, arm: str, params: Params, device: torch.device,
-                encoder_state: dict | None, on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-                state_path: Path | None = None, fingerprint: str = "", progress: bool = True) -> nn.Module:
-    """Train ``arm``'s model on every sample of ``samples`` with ``finetune.recipe`` and :func:`final_seed`.
+def train_final(samples: pd.DataFrame, *, n_classes: int, model: ArmModel, recipe: RecipeParams, seed: int,
+                device: torch.device, encoder_state: dict | None = None,
+                on_epoch: Callable[[int, dict[str, float]], None] | None = None, state_path: Path | None = None,
+                fingerprint: str = "", progress: bool = True) -> nn.Module:
+    """Train an arm's ``model`` on every sample of ``samples`` with the LOSO recipe.
 
     Args:
         samples: the samples table (:mod:`pipeline.data.micro_table`): crops, ``label`` (and ``flow``).
         n_classes: K.
-        arm: a key of :data:`pipeline.arms.ARMS`.
-        params: all params (the arm's model, ``finetune.recipe``).
+        model: the arm's classifier (:func:`pipeline.models.registry.arm_model`).
+        recipe: ``finetune.recipe``.
+        seed: :func:`final_seed`.
         device: where to train.
         encoder_state: MA2MI's branches for a pre-trained arm, else None.
         on_epoch: ``on_epoch(epoch, {'loss', 'accuracy'})`` with training metrics after each epoch.
@@ -96,10 +95,9 @@ def train_final(samples: pd.DataFrame, n_classes: int, arm: str, params: Params,
     Returns:
         The trained model, in eval mode.
     """
-    model_name, model_params = arm_model(params, arm)
-    data = MicroTensors(samples, model_params.image_size_px)
-    return finetune_fold(data, all_subjects_fold(len(samples)), n_classes, model_name, model_params,
-                         params.finetune.recipe, final_seed(params), device, encoder_state, on_epoch,
+    data = MicroTensors(samples, model.image_size_px)
+    return finetune_fold(data, all_subjects_fold(len(samples)), num_classes=n_classes, model=model, params=recipe,
+                         seed=seed, device=device, encoder_state=encoder_state, on_epoch=on_epoch,
                          progress=progress, state_path=state_path, fingerprint=fingerprint)
 
 
@@ -117,13 +115,14 @@ def alignment_text(micro: MicroParams) -> str:
             f"{size} px crop (canonical_template), applied to onset and apex alike")
 
 
-def model_card(arm: str, params: Params, classes: list[str], samples: pd.DataFrame, model: nn.Module,
-               weights_file: str, loso: Mapping, history: list[dict[str, float]]) -> dict:
+def model_card(*, arm: str, spec: ArmModel, params: Params, classes: list[str], samples: pd.DataFrame,
+               model: nn.Module, weights_file: str, loso: Mapping, history: list[dict[str, float]]) -> dict:
     """The model card of ``arm``'s final model.
 
     Args:
         arm: a key of :data:`pipeline.arms.ARMS`.
-        params: all params.
+        spec: the arm's classifier (:func:`pipeline.models.registry.arm_model`): the card's ``model`` entry.
+        params: all params (the card quotes ``micro``, ``finetune`` and the training recipe).
         classes: class names in label order.
         samples: what the model was trained on (``subject``, ``label_name``, ``source_dataset``).
         model: the trained model.
@@ -137,7 +136,6 @@ def model_card(arm: str, params: Params, classes: list[str], samples: pd.DataFra
     Raises:
         KeyError: ``loso`` has no entry for the arm's label (evaluate did not score it).
     """
-    model_name, model_params = arm_model(params, arm)
     label = arm_label(params.finetune, arm)
     if label not in loso:
         raise KeyError(f"evaluate's metrics.json has no entry {label!r} for arm {arm}; run `dvc repro evaluate`")
@@ -160,14 +158,14 @@ def model_card(arm: str, params: Params, classes: list[str], samples: pd.DataFra
         "input": {
             "names": list(input_names(model)),
             "crop_size_px": micro.image_size_px,
-            "model_size_px": model_params.image_size_px,
+            "model_size_px": spec.image_size_px,
             "flow_size_px": getattr(model, "flow_size_px", None),
             "normalisation": "RGB / 255, then ImageNet mean and std (timm's IMAGENET_DEFAULT_MEAN / _STD)",
             "note": "onset and apex aligned crops; the apex minus onset difference or the onset -> apex TV-L1 flow "
                     "(u, v, optical strain) is formed inside the pipeline, see pipeline.serve.predict",
         },
         "preprocessing": preprocessing,
-        "model": {"name": model_name, "params": model_params.model_dump(mode="json"),
+        "model": {"name": spec.name, "params": spec.params.model_dump(mode="json"),
                   "parameters": sum(p.numel() for p in model.parameters())},
         "recipe": params.finetune.recipe.model_dump(mode="json"),
         "seed": final_seed(params),

@@ -18,60 +18,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.arms import ARMS
-from pipeline.config import ConfigError, ModelParams, Params, RecipeParams
+from pipeline.config import RecipeParams
 from pipeline.data.loso import ALL_LABELS, LosoFold, label_budget
 from pipeline.data.micro import MicroTensors
 from pipeline.data.tensors import PairAugmentation
-from pipeline.models.registry import MODELS, create_model, input_names
+from pipeline.models.registry import ArmModel, create_model, input_names, model_inputs
 from pipeline.train.engine import Batch, EpochCurves, adamw, fit, save_checkpoint, seed_everything, to_device
 
-__all__ = ["PREDICTION_COLUMNS", "SAVE_EVERY_S", "arm_model", "finetune_fold", "finetune_seed", "lr_scheduler",
-           "model_inputs", "predict"]
+__all__ = ["PREDICTION_COLUMNS", "SAVE_EVERY_S", "finetune_fold", "finetune_seed", "lr_scheduler", "predict"]
 
 log = logging.getLogger(__name__)
 
 SAVE_EVERY_S = 30.0  # a fine-tuning run's state is saved at most this often (and at its end): see engine.fit
 
 PREDICTION_COLUMNS = ["sample_id", "dataset", "source_dataset", "subject", "clip", "label", "label_name"]
-
-
-def arm_model(params: Params, arm: str) -> tuple[str, ModelParams]:
-    """The model of ``arm``.
-
-    MIACNet with the ``model`` section, or the baseline model with the ``model`` section at
-    ``finetune.baseline.image_size_px``.
-
-    Returns:
-        ``(model name, model params)`` for :func:`pipeline.models.registry.create_model`.
-
-    Raises:
-        ConfigError: ``arm`` is not an arm, or ``finetune.baseline.model`` is not a model of the registry.
-    """
-    if arm not in ARMS:
-        raise ConfigError(f"{arm!r} is not an arm; known: {', '.join(ARMS)}")
-    if not ARMS[arm].baseline:
-        return "miacnet", params.model
-    baseline = params.finetune.baseline
-    if baseline.model not in MODELS:
-        raise ConfigError(f"finetune.baseline.model: {baseline.model!r} is not a model; known: "
-                          f"{', '.join(sorted(MODELS))}")
-    return baseline.model, params.model.model_copy(update={"image_size_px": baseline.image_size_px})
-
-
-def model_inputs(model: nn.Module, batch: Batch) -> list[torch.Tensor]:
-    """The entries of ``batch`` that ``model.forward`` takes, in order.
-
-    The names come from :func:`pipeline.models.registry.input_names`.
-
-    Raises:
-        ValueError: the model needs the optical flow and the samples table has none.
-    """
-    names = input_names(model)
-    if "flow" in names and "flow" not in batch:
-        raise ValueError(f"{type(model).__name__} takes the optical flow, and the samples table has none: set "
-                         "micro.optical_flow to tvl1 and rerun ingest_micro")
-    return [batch[name] for name in names]
 
 
 def _param_groups(model: nn.Module, params: RecipeParams, pretrained: bool) -> list[dict]:
@@ -101,19 +61,19 @@ def lr_scheduler(optimizer: torch.optim.Optimizer, params: RecipeParams) -> torc
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: gamma ** min(epoch, decay_epochs))
 
 
-def finetune_fold(data: MicroTensors, fold: LosoFold, num_classes: int, model_name: str, model_params: ModelParams,
-                  params: RecipeParams, seed: int, device: torch.device, encoder_state: dict | None,
+def finetune_fold(data: MicroTensors, fold: LosoFold, *, num_classes: int, model: ArmModel, params: RecipeParams,
+                  seed: int, device: torch.device, encoder_state: dict | None = None,
                   on_epoch: Callable[[int, dict[str, float]], None] | None = None, progress: bool = True,
                   state_path: Path | None = None, fingerprint: str = "",
                   save_every_s: float = SAVE_EVERY_S) -> nn.Module:
-    """Train the classifier ``model_name`` on ``fold.train_idx`` for exactly ``params.epochs`` epochs.
+    """Train the classifier ``model.name`` on ``fold.train_idx`` for exactly ``params.epochs`` epochs.
 
     Args:
-        data: the samples' crops at the model's input size (``model_params.image_size_px``).
+        data: the samples' crops at the model's input size (``model.image_size_px``).
         fold: the LOSO fold; only its training rows are seen.
         num_classes: K.
-        model_name: a :func:`pipeline.models.registry.create_model` name (``miacnet``, ``mmnet``, …).
-        model_params: the ``model`` section (at the arm's input size).
+        model: the arm's classifier (:func:`pipeline.models.registry.arm_model`): its registry name (``miacnet``,
+            ``mmnet``, …) and ``model`` section at the arm's input size.
         params: the recipe (``finetune.recipe``).
         seed: seeds every RNG (model initialisation, batch order, augmentation) before the model is built.
         device: where to train.
@@ -134,28 +94,28 @@ def finetune_fold(data: MicroTensors, fold: LosoFold, num_classes: int, model_na
         The trained model (eval mode).
     """
     seed_everything(seed)
-    model = create_model(model_name, num_classes, model_params)
+    net = create_model(model.name, num_classes, model.params)
     if encoder_state is not None:
-        model.load_encoder_state_dict(encoder_state)
-    model = to_device(model, device)
-    optimizer = adamw(_param_groups(model, params, encoder_state is not None), weight_decay=params.weight_decay)
+        net.load_encoder_state_dict(encoder_state)
+    net = to_device(net, device)
+    optimizer = adamw(_param_groups(net, params, encoder_state is not None), weight_decay=params.weight_decay)
     scheduler = lr_scheduler(optimizer, params)
     augment = PairAugmentation(params.flip, params.rotate_deg, params.translate_px)
     generator = torch.Generator().manual_seed(seed)
-    flow_size_px = getattr(model, "flow_size_px", None)
-    with_flow = "flow" in input_names(model)
+    flow_size_px = getattr(net, "flow_size_px", None)
+    with_flow = "flow" in input_names(net)
 
-    def step(net: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        logits = net(*model_inputs(net, batch))
+    def step(module: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        logits = module(*model_inputs(module, batch))
         loss = F.cross_entropy(logits, batch["label"], label_smoothing=params.label_smoothing)
         return loss, {"accuracy": (logits.argmax(1) == batch["label"]).float().mean().item()}
 
-    fit(model, optimizer, scheduler, params.epochs,
+    fit(net, optimizer, scheduler, params.epochs,
         lambda epoch: data.batches(fold.train_idx, params.batch_size, generator, augment, flow_size_px, with_flow),
         step, device, streams={"batches": generator}, state_path=state_path, fingerprint=fingerprint,
         save_every_s=save_every_s, on_epoch=on_epoch, progress=progress,
-        desc=f"fold {fold.index} ({fold.test_subject}) {model_name} seed {seed}")
-    return model.eval()
+        desc=f"fold {fold.index} ({fold.test_subject}) {model.name} seed {seed}")
+    return net.eval()
 
 
 @torch.no_grad()
@@ -173,9 +133,10 @@ def predict(model: nn.Module, data: MicroTensors, rows: np.ndarray, device: torc
     return probs.argmax(1), probs
 
 
-def finetune_seed(samples: pd.DataFrame, data: MicroTensors, classes: list[str], fold: LosoFold, arm: str,
-                  params: Params, seed: int, device: torch.device, encoder_state: dict | None, out: Path,
-                  state_path: Path | None = None, fingerprint: str = "", budget: int | None = None) -> pd.DataFrame:
+def finetune_seed(*, samples: pd.DataFrame, data: MicroTensors, classes: list[str], fold: LosoFold, arm: str,
+                  model: ArmModel, recipe: RecipeParams, seed: int, device: torch.device, encoder_state: dict | None,
+                  out: Path, state_path: Path | None = None, fingerprint: str = "",
+                  budget: int | None = None) -> pd.DataFrame:
     """One seed of a ``finetune_<arm>@<fold>`` stage.
 
     Train, log the curve, save the model, predict the held-out subject. With a label ``budget``, train on at most
@@ -192,7 +153,8 @@ def finetune_seed(samples: pd.DataFrame, data: MicroTensors, classes: list[str],
         classes: class names in label order.
         fold: the LOSO fold.
         arm: a key of :data:`pipeline.arms.ARMS`.
-        params: all params (the arm's model and ``finetune.recipe``).
+        model: the arm's classifier (:func:`pipeline.models.registry.arm_model`).
+        recipe: ``finetune.recipe``.
         seed: the seed of this run.
         device: where to train.
         encoder_state: MA2MI's branches for a pre-trained arm, else None.
@@ -206,21 +168,20 @@ def finetune_seed(samples: pd.DataFrame, data: MicroTensors, classes: list[str],
         class, ``arm``, ``model``, ``fold``, ``seed``, ``label_budget`` (``'all'`` or the budget as text), and
         ``train_clips`` (how many clips it trained on); one row per test sample.
     """
-    model_name, model_params = arm_model(params, arm)
     train = fold if budget is None else label_budget(fold, samples["subject"], samples["label"], budget, seed)
     curve = out / "dvclive" / (f"seed{seed}" if budget is None else f"budget{budget}/seed{seed}")
-    model = finetune_fold(data, train, len(classes), model_name, model_params, params.finetune.recipe, seed, device,
-                          encoder_state, EpochCurves(curve, prefix="train/"), state_path=state_path,
-                          fingerprint=fingerprint)
-    predicted, probs = predict(model, data, fold.test_idx, device)
+    net = finetune_fold(data, train, num_classes=len(classes), model=model, params=recipe, seed=seed, device=device,
+                        encoder_state=encoder_state, on_epoch=EpochCurves(curve, prefix="train/"),
+                        state_path=state_path, fingerprint=fingerprint)
+    predicted, probs = predict(net, data, fold.test_idx, device)
     table = samples.iloc[fold.test_idx][PREDICTION_COLUMNS].reset_index(drop=True)
     table["predicted"] = predicted
     table[[f"prob_{name}" for name in classes]] = probs
-    table["arm"], table["model"], table["fold"], table["seed"] = arm, model_name, fold.index, seed
+    table["arm"], table["model"], table["fold"], table["seed"] = arm, model.name, fold.index, seed
     table["label_budget"] = ALL_LABELS if budget is None else str(budget)
     table["train_clips"] = len(train.train_idx)
     if budget is None:
-        save_checkpoint(out / f"model_seed{seed}.pt", model=model.state_dict(), model_name=model_name, arm=arm,
+        save_checkpoint(out / f"model_seed{seed}.pt", model=net.state_dict(), model_name=model.name, arm=arm,
                         fold=fold.index, seed=seed, test_subject=fold.test_subject)
     log.info("fold %d (%s), %s, seed %d, %s training clips: accuracy %.3f on %d held-out samples", fold.index,
              fold.test_subject, arm, seed, len(train.train_idx), float((table["predicted"] == table["label"]).mean()),

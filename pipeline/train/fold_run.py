@@ -18,13 +18,14 @@ import pandas as pd
 import torch
 
 from pipeline.arms import ARMS
-from pipeline.config import Params
+from pipeline.config import PathsParams, RecipeParams
 from pipeline.data.loso import LosoFold, loso_fold
 from pipeline.data.micro import MicroTensors
 from pipeline.data.micro_table import SAMPLES_FILE, read_classes, read_samples
+from pipeline.models.registry import ArmModel
 from pipeline.train.distributed import resolve_device
 from pipeline.train.engine import set_deterministic, training_fingerprint
-from pipeline.train.finetune import arm_model, finetune_seed
+from pipeline.train.finetune import finetune_seed
 
 __all__ = ["FoldInputs", "fold_inputs", "train_run"]
 
@@ -44,45 +45,59 @@ class FoldInputs:
 _cache: dict[tuple, FoldInputs] = {}  # this process's last fold: one entry
 
 
-def fold_inputs(params: Params, arm: str, fold: int) -> FoldInputs:
-    """The inputs of ``arm`` on LOSO fold ``fold``, read from ``paths.micro_dir`` (and ``paths.pretrain_dir``).
+def fold_inputs(*, paths: PathsParams, arm: str, model: ArmModel, recipe: RecipeParams, fold: int) -> FoldInputs:
+    """The inputs of ``arm`` (training ``model``) on LOSO fold ``fold``, read from ``paths``.
 
-    Reused while the same params, arm, fold and input files (size and modification time) are asked for again.
+    ``samples.parquet`` from ``paths.micro_dir``, and ``encoder.pt`` from ``paths.pretrain_dir`` for a pre-trained
+    arm.
+
+    Reused while the same arguments and input files (size and modification time) are asked for again.
 
     Raises:
         FileNotFoundError: an input is missing (the stage's upstream has not run).
     """
-    files = [params.paths.micro_dir / SAMPLES_FILE]
+    files = [paths.micro_dir / SAMPLES_FILE]
     if ARMS[arm].pretrained:
-        files.append(params.paths.pretrain_dir / "encoder.pt")
+        files.append(paths.pretrain_dir / "encoder.pt")
     stats = tuple((str(path), os.stat(path).st_size, os.stat(path).st_mtime_ns) for path in files)
-    key = (params.model_dump_json(), arm, fold, stats)
+    key = (paths.model_dump_json(), arm, model.name, model.params.model_dump_json(), recipe.model_dump_json(), fold,
+           stats)
     if key not in _cache:
         _cache.clear()
-        samples = read_samples(params.paths.micro_dir)
-        model_name, model_params = arm_model(params, arm)
-        recipe = params.finetune.recipe
+        samples = read_samples(paths.micro_dir)
         encoder = (torch.load(files[1], map_location="cpu", weights_only=True)["encoder"] if ARMS[arm].pretrained
                    else None)
         # one fingerprint for every seed: each seed's state file (seed<s>.pt) names its seed
-        fingerprint = training_fingerprint({"model": model_params.model_dump(mode="json"), "model_name": model_name,
+        fingerprint = training_fingerprint({"model": model.params.model_dump(mode="json"), "model_name": model.name,
                                             "arm": arm, "fold": fold,
                                             "recipe": recipe.model_dump(mode="json", exclude={"seeds"})}, files)
-        _cache[key] = FoldInputs(samples, read_classes(params.paths.micro_dir), loso_fold(samples["subject"], fold),
-                                 MicroTensors(samples, model_params.image_size_px), encoder, fingerprint)
+        _cache[key] = FoldInputs(samples, read_classes(paths.micro_dir), loso_fold(samples["subject"], fold),
+                                 MicroTensors(samples, model.image_size_px), encoder, fingerprint)
     return _cache[key]
 
 
-def train_run(params: Params, arm: str, fold: int, seed: int, budget: int | None, out: Path,
-              state_path: Path) -> pd.DataFrame:
+def train_run(*, paths: PathsParams, arm: str, model: ArmModel, recipe: RecipeParams, fold: int, seed: int,
+              budget: int | None, out: Path, state_path: Path) -> pd.DataFrame:
     """Train ``arm`` on fold ``fold`` with ``seed``, on one thread: :func:`pipeline.train.finetune.finetune_seed`.
 
-    On ``budget`` clips per class and subject (None: all). Writes its outputs into ``out``, keeps its resumable
-    training state at ``state_path``, returns the held-out subject's predictions.
+    Args:
+        paths: the ``paths`` section (``micro_dir``, and ``pretrain_dir`` for a pre-trained arm).
+        arm: a key of :data:`pipeline.arms.ARMS`.
+        model: the arm's classifier, decided once by the stage (:func:`pipeline.models.registry.arm_model`).
+        recipe: ``finetune.recipe``.
+        fold: the LOSO fold's index.
+        seed: the run's seed.
+        budget: training clips per class and subject (None: all).
+        out: the stage's output folder (the run writes its curve and model there).
+        state_path: the run's resumable training state.
+
+    Returns:
+        The held-out subject's predictions (:func:`pipeline.train.finetune.finetune_seed`).
     """
-    device = resolve_device(params.finetune.recipe.device)  # on CPU it gives torch every core: first, then
+    device = resolve_device(recipe.device)  # on CPU it gives torch every core: first, then
     torch.set_num_threads(1)  # one thread (two runs of two threads each on two cores ran 10x slower, measured)
-    set_deterministic(params.finetune.recipe.deterministic)
-    inputs = fold_inputs(params, arm, fold)
-    return finetune_seed(inputs.samples, inputs.data, inputs.classes, inputs.split, arm, params, seed, device,
-                         inputs.encoder, out, state_path, inputs.fingerprint, budget)
+    set_deterministic(recipe.deterministic)
+    inputs = fold_inputs(paths=paths, arm=arm, model=model, recipe=recipe, fold=fold)
+    return finetune_seed(samples=inputs.samples, data=inputs.data, classes=inputs.classes, fold=inputs.split, arm=arm,
+                         model=model, recipe=recipe, seed=seed, device=device, encoder_state=inputs.encoder, out=out,
+                         state_path=state_path, fingerprint=inputs.fingerprint, budget=budget)
