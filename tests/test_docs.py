@@ -174,3 +174,23 @@ def test_the_checks_catch_a_broken_link_a_missing_anchor_and_an_unknown_section(
     assert "has no heading with anchor #2-in-a-code-block" in problems[1]
     assert design_sections() == {1}
     assert design_references(tmp_path / "mod.py") == [(1, 1), (1, 5), (1, 2)]
+
+
+def test_the_params_key_reference_is_what_tools_params_doc_writes():
+    from tools.params_doc import MARKER, reference
+
+    page = (REPO / "docs" / "params.md").read_text()
+    assert MARKER in page
+    assert page.split(MARKER)[1] == "\n\n" + reference(), "docs/params.md is out of date: python -m tools.params_doc"
+
+
+def test_the_params_key_reference_lists_every_key_of_the_schema():
+    """Every field of every section has a row (a new field cannot be left out of the page)."""
+    from pipeline.config import FinetuneParams, RecipeParams
+    from tools.params_doc import reference
+
+    text = reference()
+    for cls, path in ((RecipeParams, "finetune.recipe"), (FinetuneParams, "finetune")):
+        section = text.split(f"### `{path}`\n")[1].split("### ")[0]
+        assert all(f"| `{name}` |" in section for name in cls.model_fields), path
+    assert "| `lr` | float | > 0 | `0.001` |" in text

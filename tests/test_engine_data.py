@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.data.tensors import FuturePairSampler
+from pipeline.data.macro import FuturePairSampler
 from pipeline.train.engine import evaluate, train_one_epoch
 
 

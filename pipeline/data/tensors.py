@@ -9,14 +9,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from pipeline.io import decode_png
 
-__all__ = ["FuturePairSampler", "PairAugmentation", "images_to_tensor", "iterate_batches", "normalise"]
+__all__ = ["PairAugmentation", "images_to_tensor", "iterate_batches", "normalise"]
 
 _MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1)
 _STD = torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1)
@@ -112,48 +111,3 @@ class PairAugmentation:
         c, s = cos.view(b, 1, 1), sin.view(b, 1, 1)
         flow[:, 0], flow[:, 1] = c * u - s * v, s * u + c * v
         return frames, flow
-
-
-class FuturePairSampler:
-    """Samples (source frame, future frame) index pairs of the same video with a horizon in seconds (DESIGN §4).
-
-    Args:
-        index: one row per stored frame, in storage order, with columns ``video`` and ``time_s``.
-        horizon_s: ``(min, max)`` seconds between source and future; converted per video through its real
-            frame times, so 30 fps and 200 fps footage mean the same thing.
-        part: ``(k, n)``: draw sources only from the k-th of n disjoint parts of the valid source frames (every
-            n-th, from the k-th): data-parallel ranks read disjoint parts of the corpus.
-
-    Raises:
-        ValueError: no frame has a future frame within the horizon.
-    """
-
-    def __init__(self, index: pd.DataFrame, horizon_s: tuple[float, float], part: tuple[int, int] = (0, 1)):
-        times = index["time_s"].to_numpy(dtype=float)
-        video_rank = pd.factorize(index["video"], sort=True)[0]
-        order = np.lexsort((times, video_rank))  # by video, then time
-        # one increasing time axis: each video starts after the previous one ends plus more than the horizon,
-        # so searchsorted is valid over the concatenation and a future frame never comes from another video
-        spacing = np.ptp(times) + horizon_s[1] + 1.0
-        axis = times[order] + video_rank[order] * spacing
-        first = np.searchsorted(axis, axis + horizon_s[0] - 1e-9, side="left")
-        last = np.searchsorted(axis, axis + horizon_s[1] + 1e-9, side="right")
-        first = np.maximum(first, np.arange(len(axis)) + 1)  # the future frame is strictly later
-        valid = first < last
-        if not valid.any():
-            raise ValueError(f"no frame has a future frame {horizon_s} s ahead in the same video")
-        self._order, self._first, self._last = order, first, last
-        rank, world_size = part
-        self._sources = np.flatnonzero(valid)[rank::world_size]  # this part's sources: disjoint between parts
-        if not len(self._sources):
-            raise ValueError(f"part {rank} of {world_size} has no source frame ({valid.sum()} in all)")
-
-    def source_rows(self) -> np.ndarray:
-        """Row positions into ``index`` of the frames this part may draw as sources."""
-        return self._order[self._sources]
-
-    def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """``(source, future)`` row positions into ``index``, each ``(n,) int64``."""
-        sources = rng.choice(self._sources, size=n)
-        futures = rng.integers(self._first[sources], self._last[sources])
-        return self._order[sources], self._order[futures]

@@ -1,7 +1,7 @@
 """What MA2MI pre-training learnt, shown on held-out macro frame pairs (for the report).
 
 A few (source, future) pairs of the held-out videos (``pretrain.heldout_videos``), drawn like the pre-training's
-own held-out pairs (:class:`pipeline.data.tensors.FuturePairSampler`, horizon in seconds), and for each: the source, the
+own held-out pairs (:class:`pipeline.data.macro.FuturePairSampler`, horizon in seconds), and for each: the source, the
 true future, MA2MI's predicted future, the error maps ``|future − prediction|`` beside the copy baseline's
 ``|future − source|`` (the yardstick of DESIGN §4), with both L1 errors.
 
@@ -21,7 +21,8 @@ from matplotlib.figure import Figure
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from pipeline.config import ModelParams, PretrainParams
-from pipeline.data.tensors import FuturePairSampler, images_to_tensor, normalise
+from pipeline.data.macro import FuturePairSampler
+from pipeline.data.tensors import images_to_tensor, normalise
 from pipeline.models.ma2mi import MA2MI
 
 __all__ = ["heldout_pairs", "load_ma2mi", "pairs_figure", "predict_futures"]

@@ -24,8 +24,8 @@ from torch import nn
 from torch.utils.data import Sampler
 
 from pipeline.config import ModelParams, Params, PretrainParams
-from pipeline.data.macro import EpochPairs, MacroFrames, macro_shards, pair_loader
-from pipeline.data.tensors import FuturePairSampler, normalise
+from pipeline.data.macro import EpochPairs, FuturePairSampler, MacroFrames, macro_shards, pair_loader
+from pipeline.data.tensors import normalise
 from pipeline.io import write_json
 from pipeline.models.ma2mi import MA2MI
 from pipeline.train.distributed import all_reduce_means, broadcast_buffers, rank_info, rank_seed, wrap_ddp
