@@ -49,28 +49,11 @@ def _with_packages(name: str) -> list[str]:
     return [".".join(parts[: i + 1]) for i in range(len(parts))]
 
 
-def registry_modules(root: Path = REPO) -> dict[str, str]:
-    """Model name -> module, read statically from the ``MODELS`` literal of ``root``'s model registry.
+def registry_modules() -> dict[str, str]:
+    """Model name -> module of :data:`pipeline.models.registry.MODELS` (a torch-free import)."""
+    from pipeline.models.registry import MODELS
 
-    A key is a string or a module-level string constant of the registry (``MIACNET``); a value is
-    ``"module:attribute"``.
-
-    Raises:
-        ValueError: the registry has no such ``MODELS`` dict literal.
-    """
-    path = _module_file(REGISTRY, root)
-    body = ast.parse(path.read_text(), filename=str(path)).body
-    constants = {target.id: node.value.value for node in body if isinstance(node, ast.Assign)
-                 and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
-                 for target in node.targets if isinstance(target, ast.Name)}
-    for node in body:
-        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", "") == "MODELS" and \
-                isinstance(node.value, ast.Dict):
-            keys = [constants[k.id] if isinstance(k, ast.Name) else ast.literal_eval(k) for k in node.value.keys]
-            return {key: ast.literal_eval(value).partition(":")[0]
-                    for key, value in zip(keys, node.value.values, strict=True)}
-    raise ValueError(f"{path}: no `MODELS: dict[str, str] = {{name: 'module:attribute', ...}}` for the stage-deps "
-                     "walk")
+    return {name: target.partition(":")[0] for name, target in MODELS.items()}
 
 
 def _imported(path: Path, name: str, root: Path) -> set[str]:
@@ -110,7 +93,7 @@ def imported_files(entry: str, root: Path = REPO, models: list[str] | None = Non
         ValueError: ``entry`` is not a project module, a module on the way but the registry uses
             ``importlib.import_module``, or ``models`` names a model the registry does not have.
     """
-    lazy = registry_modules(root) if _module_file(REGISTRY, root) else {}
+    lazy = registry_modules() if _module_file(REGISTRY, root) else {}
     unknown = set(models or ()) - set(lazy)
     if unknown:
         raise ValueError(f"models {sorted(unknown)} are not in {REGISTRY}.MODELS ({', '.join(lazy)})")
