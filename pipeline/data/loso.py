@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import LeaveOneGroupOut
 
-__all__ = ["ALL_LABELS", "LosoFold", "fold_and_budget_problems", "label_budget", "loso_fold", "loso_folds"]
+__all__ = ["ALL_LABELS", "LosoFold", "fold_and_budget_problems", "label_budget", "loso_fold", "loso_folds",
+           "validation_fold"]
 
 ALL_LABELS = "all"  # the label budget of the ablation itself: every training clip
 
@@ -49,6 +50,41 @@ def loso_fold(subjects: pd.Series, index: int) -> LosoFold:
         raise ValueError(f"LOSO fold {index} does not exist: the data has {len(folds)} subjects "
                          f"(folds 0..{len(folds) - 1}); edit finetune.folds in params.yaml")
     return folds[index]
+
+
+def validation_fold(fold: LosoFold, subjects: pd.Series) -> LosoFold:
+    """The validation split inside ``fold``'s training subjects: a fold that never sees ``fold.test_subject``.
+
+    The validation subject is the one after the test subject in sorted order (cyclically: the first one after the
+    last), so that over all LOSO folds every subject is a validation subject once. The returned fold trains on the
+    other training subjects and holds out the validation subject's rows as its ``test_idx``; the test subject's
+    rows are in neither. Selection scores (docs/study.md) come from it, never from the test subject.
+
+    Args:
+        fold: a LOSO fold of the samples table (:func:`loso_fold`).
+        subjects: the table's ``subject`` column.
+
+    Returns:
+        A :class:`LosoFold` with the same ``index``, ``test_subject`` = the validation subject, and row positions
+        (sorted) into the same table.
+
+    Raises:
+        ValueError: fewer than 3 subjects (a fold then has no subject left to train on).
+
+    Example:
+        >>> table = pd.Series(["s1", "s1", "s2", "s3", "s3"])
+        >>> split = validation_fold(loso_fold(table, 2), table)
+        >>> split.test_subject, split.train_idx.tolist(), split.test_idx.tolist()
+        ('s1', [2], [0, 1])
+    """
+    ordered = sorted(set(subjects.to_numpy()))
+    if len(ordered) < 3:
+        raise ValueError(f"a validation split needs at least 3 subjects (test, validation, training), got "
+                         f"{len(ordered)}")
+    validation = ordered[(ordered.index(fold.test_subject) + 1) % len(ordered)]
+    held_out = subjects.to_numpy()[fold.train_idx] == validation
+    return LosoFold(fold.index, str(validation), np.sort(fold.train_idx[~held_out]),
+                    np.sort(fold.train_idx[held_out]))
 
 
 def fold_and_budget_problems(subjects: pd.Series, labels: pd.Series, folds: dict[str, list[int]],

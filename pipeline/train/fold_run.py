@@ -19,7 +19,7 @@ import torch
 
 from pipeline.arms import ARMS
 from pipeline.config import PathsParams, RecipeParams
-from pipeline.data.loso import LosoFold, loso_fold
+from pipeline.data.loso import LosoFold, loso_fold, validation_fold
 from pipeline.data.micro import MicroTensors
 from pipeline.data.micro_table import SAMPLES_FILE, read_classes, read_samples
 from pipeline.models.registry import ArmModel
@@ -45,8 +45,12 @@ class FoldInputs:
 _cache: dict[tuple, FoldInputs] = {}  # this process's last fold: one entry
 
 
-def fold_inputs(*, paths: PathsParams, arm: str, model: ArmModel, recipe: RecipeParams, fold: int) -> FoldInputs:
+def fold_inputs(*, paths: PathsParams, arm: str, model: ArmModel, recipe: RecipeParams, fold: int,
+                validation: bool = False) -> FoldInputs:
     """The inputs of ``arm`` (training ``model``) on LOSO fold ``fold``, read from ``paths``.
+
+    With ``validation``, the split is the fold's validation split (:func:`pipeline.data.loso.validation_fold`:
+    trained without the test subject and one more, predicting that one), for selection studies (docs/study.md).
 
     ``samples.parquet`` from ``paths.micro_dir``, and ``encoder.pt`` from ``paths.pretrain_dir`` for a pre-trained
     arm.
@@ -61,23 +65,27 @@ def fold_inputs(*, paths: PathsParams, arm: str, model: ArmModel, recipe: Recipe
         files.append(paths.pretrain_dir / "encoder.pt")
     stats = tuple((str(path), os.stat(path).st_size, os.stat(path).st_mtime_ns) for path in files)
     key = (paths.model_dump_json(), arm, model.name, model.params.model_dump_json(), recipe.model_dump_json(), fold,
-           stats)
+           validation, stats)
     if key not in _cache:
         _cache.clear()
         samples = read_samples(paths.micro_dir)
         encoder = (torch.load(files[1], map_location="cpu", weights_only=True)["encoder"] if ARMS[arm].pretrained
                    else None)
         # one fingerprint for every seed: each seed's state file (seed<s>.pt) names its seed
-        fingerprint = training_fingerprint({"model": model.params.model_dump(mode="json"), "model_name": model.name,
-                                            "arm": arm, "fold": fold,
-                                            "recipe": recipe.model_dump(mode="json", exclude={"seeds"})}, files)
-        _cache[key] = FoldInputs(samples, read_classes(paths.micro_dir), loso_fold(samples["subject"], fold),
+        sections = {"model": model.params.model_dump(mode="json"), "model_name": model.name, "arm": arm, "fold": fold,
+                    "recipe": recipe.model_dump(mode="json", exclude={"seeds"})}
+        split = loso_fold(samples["subject"], fold)
+        if validation:
+            sections["split"] = "validation"
+            split = validation_fold(split, samples["subject"])
+        fingerprint = training_fingerprint(sections, files)
+        _cache[key] = FoldInputs(samples, read_classes(paths.micro_dir), split,
                                  MicroTensors(samples, model.image_size_px), encoder, fingerprint)
     return _cache[key]
 
 
 def train_run(*, paths: PathsParams, arm: str, model: ArmModel, recipe: RecipeParams, fold: int, seed: int,
-              budget: int | None, out: Path, state_path: Path) -> pd.DataFrame:
+              budget: int | None, out: Path, state_path: Path, validation: bool = False) -> pd.DataFrame:
     """Train ``arm`` on fold ``fold`` with ``seed``, on one thread: :func:`pipeline.train.finetune.finetune_seed`.
 
     Args:
@@ -90,6 +98,7 @@ def train_run(*, paths: PathsParams, arm: str, model: ArmModel, recipe: RecipePa
         budget: training clips per class and subject (None: all).
         out: the stage's output folder (the run writes its curve and model there).
         state_path: the run's resumable training state.
+        validation: train and predict the fold's validation split instead (see :func:`fold_inputs`).
 
     Returns:
         The held-out subject's predictions (:func:`pipeline.train.finetune.finetune_seed`).
@@ -97,7 +106,7 @@ def train_run(*, paths: PathsParams, arm: str, model: ArmModel, recipe: RecipePa
     device = resolve_device(recipe.device)  # on CPU it gives torch every core: first, then
     torch.set_num_threads(1)  # one thread (two runs of two threads each on two cores ran 10x slower, measured)
     set_deterministic(recipe.deterministic)
-    inputs = fold_inputs(paths=paths, arm=arm, model=model, recipe=recipe, fold=fold)
+    inputs = fold_inputs(paths=paths, arm=arm, model=model, recipe=recipe, fold=fold, validation=validation)
     return finetune_seed(samples=inputs.samples, data=inputs.data, classes=inputs.classes, fold=inputs.split, arm=arm,
                          model=model, recipe=recipe, seed=seed, device=device, encoder_state=inputs.encoder, out=out,
                          state_path=state_path, fingerprint=inputs.fingerprint, budget=budget)

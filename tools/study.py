@@ -1,0 +1,387 @@
+"""The pre-registered study of ``docs/study.md``: ``python -m tools.study workspace|run|report``.
+
+``workspace`` makes the development workspace (``make dev-demo`` calls it, then ``dvc repro`` there): a git clone
+of this checkout's HEAD in ``.dev-seed/`` (ignored by git and DVC here), or that clone brought up to HEAD, whose
+``params.yaml`` differs from this one in ``synthesize.seed`` only (:data:`DEV_SEED`; checked by parsing both).
+
+``run`` trains every run of the plan (``docs/study/plan.yaml``) in a development workspace (``make dev-demo``):
+one run per variant, arm, split (``validation``: :func:`pipeline.data.loso.validation_fold`, the selection
+split; ``test``: the LOSO fold itself), fold and seed, with all labels. Each run is the project's own training run,
+:func:`pipeline.train.fold_run.train_run`, on the workspace's ``data/micro`` and ``models/pretrain/encoder.pt``, with
+the workspace's ``params.yaml`` plus the variant's overrides (validated as ``params.yaml`` is). The runs go to a
+local Dask cluster of single-threaded worker processes, as the fold stages' do. A finished run leaves
+``<out>/<variant>/<arm>/<split>/fold<k>/seed<s>.parquet`` (its held-out predictions, its last training epoch's
+loss and accuracy, its wall time), so a killed study resumes where it stopped. A run that fails is reported by
+name at the end, and the others still run.
+
+``report`` pools each (variant, arm, split, seed)'s predictions over the folds into accuracy, UF1 and UAR. It pairs
+each variant with ``default`` by seed, applies the selection rule of ``docs/study.md`` (:func:`select`), and writes
+the results table below the marker line of ``docs/study.md`` (``--check``: exit 1 if the page is out of date).
+The workspace's own ``dvc repro`` LOSO predictions (the default configuration's test split) join the table as
+variant ``default``, split ``test``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["MARKER", "Plan", "Run", "planned_runs", "report_markdown", "run_scores", "select", "variant_params"]
+
+REPO = Path(__file__).resolve().parents[1]
+PLAN = REPO / "docs" / "study" / "plan.yaml"
+DOC = REPO / "docs" / "study.md"
+MARKER = "<!-- Below: written by `python -m tools.study report` from the study's runs; do not edit by hand. -->"
+DEFAULT = "default"
+DEV_SEED = 1  # the development renderer seed: every choice of the study is made on it, never on seed 0
+SPLITS = ("validation", "test")
+
+
+class Variant(BaseModel):
+    """One variant of the plan: params overrides (dotted keys) and where it runs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    stage: str
+    arms: list[Literal["ma2mi", "scratch", "baseline"]] = Field(min_length=1)
+    splits: list[Literal["validation", "test"]] = Field(min_length=1)
+    set: dict[str, Any]
+
+
+class Plan(BaseModel):
+    """``docs/study/plan.yaml``: the seeds and folds every variant runs, and the variants in order."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    seeds: list[int] = Field(min_length=1)
+    folds: list[int] = Field(min_length=1)
+    variants: dict[str, Variant]
+
+    @classmethod
+    def read(cls, path: Path) -> Plan:
+        """Read and validate a plan file; :class:`pydantic.ValidationError` names the offending key."""
+        plan = cls.model_validate(yaml.safe_load(path.read_text()))
+        if DEFAULT not in plan.variants or plan.variants[DEFAULT].set:
+            raise ValueError(f"{path}: the plan needs a variant {DEFAULT!r} with no overrides (the pairing reference)")
+        return plan
+
+
+def variant_params(raw: dict, overrides: dict[str, Any], where: str):
+    """The workspace's params (``raw``: its ``params.yaml`` as a mapping) with ``overrides`` set, validated.
+
+    Raises:
+        KeyError: an override names a key that ``params.yaml`` does not have (``where`` names the variant).
+        pipeline.config.ConfigError: the result is not valid params.
+    """
+    from pipeline.config import ConfigError, Params
+
+    raw = json.loads(json.dumps(raw))  # a deep copy
+    for dotted, value in overrides.items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+            if node is None:
+                break
+        if not isinstance(node, dict) or leaf not in node:
+            raise KeyError(f"{where}: {dotted!r} is not a key of params.yaml")
+        node[leaf] = value
+    try:
+        return Params.model_validate(raw)
+    except Exception as err:
+        raise ConfigError(f"{where}: {err}") from err
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run of the study."""
+
+    variant: str
+    arm: str
+    split: str
+    fold: int
+    seed: int
+
+    @property
+    def name(self) -> str:
+        """How the run is named in progress and errors: ``'default ma2mi validation fold 3 seed 1'``."""
+        return f"{self.variant} {self.arm} {self.split} fold {self.fold} seed {self.seed}"
+
+    def result(self, out: Path) -> Path:
+        """Its predictions file under the study's folder ``out`` (there once the run finished)."""
+        return out / self.variant / self.arm / self.split / f"fold{self.fold}" / f"seed{self.seed}.parquet"
+
+
+def planned_runs(plan: Plan, variants: Iterable[str] | None = None) -> list[Run]:
+    """Every run of ``variants`` (default: all of the plan), in plan order.
+
+    Raises:
+        KeyError: a variant is not in the plan.
+    """
+    names = list(plan.variants) if variants is None else list(variants)
+    unknown = [name for name in names if name not in plan.variants]
+    if unknown:
+        raise KeyError(f"variants {unknown} are not in the plan; known: {', '.join(plan.variants)}")
+    return [Run(name, arm, split, fold, seed) for name in names for arm in plan.variants[name].arms
+            for split in plan.variants[name].splits for fold in plan.folds for seed in plan.seeds]
+
+
+def _train(run: Run, paths: Any, model: Any, recipe: Any, out: str) -> str:
+    """One study run in a Dask worker (module level: it is pickled by name); ``paths`` are absolute."""
+    from pipeline.io import write_parquet
+    from pipeline.train.fold_run import train_run
+
+    folder = run.result(Path(out)).parent
+    state = folder / f"state_seed{run.seed}.pt"
+    start = time.perf_counter()
+    table = train_run(paths=paths, arm=run.arm, model=model, recipe=recipe, fold=run.fold, seed=run.seed,
+                      budget=None, out=folder, state_path=state, validation=run.split == "validation")
+    wall_s = time.perf_counter() - start
+    curve = json.loads((folder / "dvclive" / f"seed{run.seed}" / "metrics.json").read_text())
+    table["variant"], table["split"] = run.variant, run.split
+    table["train_loss"], table["train_accuracy"] = curve["train"]["loss"], curve["train"]["accuracy"]
+    table["wall_s"] = wall_s
+    write_parquet(table, run.result(Path(out)))
+    state.unlink(missing_ok=True)
+    if run.split == "validation":  # selection runs keep only their predictions and curves
+        (folder / f"model_seed{run.seed}.pt").unlink(missing_ok=True)
+    return run.name
+
+
+def run_study(workspace: Path, plan: Plan, out: Path, variants: list[str] | None, workers: int) -> int:
+    """Train every unfinished run of ``variants``; returns the number of failed runs (each printed by name)."""
+    import dask
+    from distributed import Client, LocalCluster, as_completed
+    from tqdm import tqdm
+
+    from pipeline.models.registry import arm_model
+    from pipeline.orchestration.local_prefect import DASK_WORKER_CONFIG, LOOPBACK
+
+    raw = yaml.safe_load((workspace / "params.yaml").read_text())
+    runs = planned_runs(plan, variants)
+    todo = [run for run in runs if not run.result(out).exists()]
+    print(f"{len(runs)} runs planned, {len(runs) - len(todo)} already finished, {len(todo)} to train", flush=True)
+    if not todo:
+        return 0
+    configs = {name: variant_params(raw, plan.variants[name].set, f"variant {name}") for name in plan.variants}
+    root = workspace.resolve()
+    paths = {name: params.paths.model_copy(update={key: root / value for key, value in params.paths})
+             for name, params in configs.items()}  # the workers never change folder: this checkout's code runs
+    dask.config.set(DASK_WORKER_CONFIG)
+    failed = 0
+    with LocalCluster(n_workers=workers or len(os.sched_getaffinity(0)), threads_per_worker=1, processes=True,
+                      host=LOOPBACK, dashboard_address=f"{LOOPBACK}:0") as cluster, Client(cluster) as client:
+        futures = {}
+        for run in todo:
+            params = configs[run.variant]
+            model = arm_model(run.arm, finetune=params.finetune, model=params.model)
+            futures[client.submit(_train, run, paths[run.variant], model, params.finetune.recipe,
+                                  str(out.resolve()), key=f"study-{run.name}".replace(" ", "-"), pure=False)] = run
+        for future in tqdm(as_completed(futures), total=len(futures), desc="study runs", unit="run"):
+            if future.status == "error":
+                failed += 1
+                print(f"FAILED {futures[future].name}: {future.exception()!r}", file=sys.stderr, flush=True)
+    return failed
+
+
+def set_dev_seed(text: str, seed: int) -> str:
+    """``params.yaml``'s text with ``synthesize.seed`` set to ``seed``; every other line and comment kept.
+
+    Raises:
+        ValueError: the text has no ``seed:`` line in its ``synthesize:`` section.
+    """
+    lines = text.splitlines(keepends=True)
+    section = None
+    for i, line in enumerate(lines):
+        if line.strip() and not line.startswith((" ", "#")):
+            section = line.split(":")[0]
+        elif section == "synthesize" and line.startswith("  seed:"):
+            comment = line[line.index("#"):] if "#" in line else "\n"
+            lines[i] = f"  seed: {seed}" + ("  " + comment if "#" in line else comment)
+            return "".join(lines)
+    raise ValueError("params.yaml: no 'seed:' key in the synthesize section")
+
+
+def make_workspace(workspace: Path, seed: int = DEV_SEED) -> None:
+    """Clone (or fast-forward) this checkout's HEAD into ``workspace`` with ``synthesize.seed: seed``.
+
+    Raises:
+        subprocess.CalledProcessError: git failed (e.g. the clone has local commits that HEAD does not have).
+        RuntimeError: the workspace's params differ from this checkout's in more than ``synthesize.seed``.
+    """
+    import subprocess
+
+    from pipeline.config import load_params
+
+    if not (workspace / ".git").exists():
+        subprocess.run(["git", "clone", "--quiet", str(REPO), str(workspace)], check=True)
+    else:
+        subprocess.run(["git", "-C", str(workspace), "checkout", "--quiet", "--", "params.yaml"], check=True)
+        subprocess.run(["git", "-C", str(workspace), "pull", "--quiet", "--ff-only", str(REPO), "HEAD"], check=True)
+    params_file = workspace / "params.yaml"
+    params_file.write_text(set_dev_seed(params_file.read_text(), seed))
+    ours, theirs = load_params(REPO / "params.yaml").model_dump(), load_params(params_file).model_dump()
+    theirs["synthesize"]["seed"] = ours["synthesize"]["seed"]
+    if ours != theirs:
+        raise RuntimeError(f"{params_file} differs from {REPO / 'params.yaml'} in more than synthesize.seed")
+    venv = workspace / ".venv"
+    if not venv.exists() and (REPO / ".venv").exists():
+        venv.symlink_to(REPO / ".venv")  # the same environment: `make dev-demo` runs this checkout's install
+    print(f"{workspace}: HEAD of {REPO} with synthesize.seed: {seed}")
+
+
+def _workspace_test_predictions(workspace: Path) -> pd.DataFrame:
+    """The workspace's own ``dvc repro`` LOSO predictions (all labels) as variant ``default``, split ``test``."""
+    from pipeline.config import load_params
+
+    params = load_params(workspace / "params.yaml")
+    frames = []
+    for path in sorted((workspace / params.paths.finetune_dir).glob("*/fold*/predictions.parquet")):
+        table = pd.read_parquet(path)
+        table = table[table["label_budget"] == "all"].copy()
+        fold_dir = path.parent
+        curves = {seed: json.loads((fold_dir / "dvclive" / f"seed{seed}" / "metrics.json").read_text())["train"]
+                  for seed in table["seed"].unique()}
+        table["train_loss"] = table["seed"].map(lambda s, c=curves: c[s]["loss"])
+        table["train_accuracy"] = table["seed"].map(lambda s, c=curves: c[s]["accuracy"])
+        table["wall_s"] = np.nan  # not measured per run by the stage
+        table["variant"], table["split"] = DEFAULT, "test"
+        table["arm"] = fold_dir.parent.name
+        frames.append(table)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def run_scores(predictions: pd.DataFrame, n_folds: int) -> pd.DataFrame:
+    """One row per (variant, arm, split, seed) whose predictions cover all ``n_folds`` folds.
+
+    Columns: the keys, ``accuracy``, ``uf1``, ``uar`` (pooled over folds), ``train_accuracy`` and ``train_loss``
+    (last epoch, mean over folds), ``wall_s`` (mean per run) and ``n`` (clips).
+    """
+    from pipeline.evaluate.metrics import classification_metrics
+
+    rows = []
+    labels = sorted(predictions["label"].unique())
+    for key, part in predictions.groupby(["variant", "arm", "split", "seed"], sort=False):
+        if part["fold"].nunique() < n_folds:
+            continue
+        per_run = part.groupby("fold")[["train_accuracy", "train_loss", "wall_s"]].first()
+        rows.append({**dict(zip(["variant", "arm", "split", "seed"], key, strict=True)),
+                     **classification_metrics(part["label"], part["predicted"], labels),
+                     **per_run.mean().to_dict()})
+    return pd.DataFrame(rows)
+
+
+def _mean_std(values: pd.Series) -> str:
+    return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}" if len(values) > 1 else f"{values.mean():.3f}"
+
+
+def summary_table(scores: pd.DataFrame, plan: Plan) -> pd.DataFrame:
+    """Per (variant, arm, split): mean ± std over seeds, and the paired UF1 difference vs ``default`` (95% CI)."""
+    from pipeline.evaluate.metrics import ci95
+
+    rows = []
+    order = {name: i for i, name in enumerate(plan.variants)}
+    for (variant, arm, split), part in sorted(scores.groupby(["variant", "arm", "split"]),
+                                              key=lambda item: (item[0][2] != "validation", item[0][1],
+                                                                order.get(item[0][0], 99))):
+        reference = scores[(scores["variant"] == DEFAULT) & (scores["arm"] == arm) & (scores["split"] == split)]
+        paired = part.merge(reference[["seed", "uf1"]], on="seed", suffixes=("", "_default"))
+        diff = (paired["uf1"] - paired["uf1_default"]).to_numpy()
+        interval = ci95(diff) if variant != DEFAULT and len(diff) > 1 else None
+        rows.append({
+            "split": split, "arm": arm, "variant": variant, "stage": plan.variants[variant].stage
+            if variant in plan.variants else "", "seeds": len(part),
+            "UF1": _mean_std(part["uf1"]), "UAR": _mean_std(part["uar"]), "accuracy": _mean_std(part["accuracy"]),
+            "ΔUF1 vs default [95% CI]": (f"{diff.mean():+.3f} [{interval[0]:+.3f}, {interval[1]:+.3f}]"
+                                         if interval else "—"),
+            "train acc (last epoch)": f"{part['train_accuracy'].mean():.3f}",
+            "s per run": "—" if part["wall_s"].isna().all() else f"{part['wall_s'].mean():.1f}",
+            "uf1_mean": part["uf1"].mean(),
+        })
+    return pd.DataFrame(rows)
+
+
+def select(scores: pd.DataFrame, plan: Plan) -> dict[str, str]:
+    """Stage A of the selection rule (docs/study.md): per arm, the stage-A variant with the best mean validation UF1.
+
+    The default stays unless a candidate's mean is strictly higher; ties go to the earlier variant of the plan.
+    Only arms with every stage-A variant they run complete are decided.
+
+    Returns:
+        arm -> chosen variant name.
+    """
+    chosen = {}
+    validation = scores[scores["split"] == "validation"]
+    candidates = [name for name, variant in plan.variants.items() if variant.stage == "A"]
+    for arm in ("ma2mi", "scratch", "baseline"):
+        means = {name: validation[(validation["variant"] == name) & (validation["arm"] == arm)]["uf1"]
+                 for name in candidates if arm in plan.variants[name].arms}
+        if not means or any(len(values) < len(plan.seeds) for values in means.values()):
+            continue
+        best = DEFAULT
+        for name, values in means.items():
+            if values.mean() > means[best].mean():
+                best = name
+        chosen[arm] = best
+    return chosen
+
+
+def report_markdown(scores: pd.DataFrame, plan: Plan) -> str:
+    """The results section of ``docs/study.md``: the table, and stage A's choice per arm."""
+    table = summary_table(scores, plan).drop(columns="uf1_mean")
+    header = "| " + " | ".join(table.columns) + " |"
+    lines = [header, "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(str(value) for value in row) + " |" for row in table.itertuples(index=False)]
+    chosen = select(scores, plan)
+    decided = ", ".join(f"`{arm}`: `{name}`" for arm, name in chosen.items()) or "not yet (runs missing)"
+    return ("\n## Results\n\nMean ± sample std over seeds; each seed's predictions pooled over the 8 folds. "
+            "ΔUF1 is paired by seed with the same arm and split under `default` (Student's t 95% interval). "
+            "Training accuracy is the last epoch's, on the training clips (augmented), mean over folds.\n\n"
+            + "\n".join(lines) + f"\n\n**Stage A by the rule** (best mean validation UF1 per arm): {decided}.\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["workspace", "run", "report"])
+    parser.add_argument("--workspace", type=Path, default=REPO / ".dev-seed", help="the development workspace")
+    parser.add_argument("--plan", type=Path, default=PLAN)
+    parser.add_argument("--out", type=Path, default=None, help="default: <workspace>/results/study")
+    parser.add_argument("--variants", nargs="*", default=None, help="run only these (default: all)")
+    parser.add_argument("--workers", type=int, default=0, help="training runs at once (0 = one per core)")
+    parser.add_argument("--check", action="store_true", help="report: write nothing, exit 1 if docs is stale")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(REPO))
+    if args.command == "workspace":
+        make_workspace(args.workspace)
+        return 0
+    plan = Plan.read(args.plan)
+    out = args.out or args.workspace / "results" / "study"
+    if args.command == "run":
+        return 1 if run_study(args.workspace, plan, out, args.variants, args.workers) else 0
+    files = sorted(out.glob("*/*/*/fold*/seed*.parquet"))
+    predictions = pd.concat([pd.read_parquet(path) for path in files] + [_workspace_test_predictions(args.workspace)],
+                            ignore_index=True)
+    scores = run_scores(predictions, len(plan.folds))
+    scores.to_csv(out / "scores.csv", index=False)
+    text = DOC.read_text()
+    head = text.split(MARKER)[0].rstrip("\n")
+    new = f"{head}\n\n{MARKER}\n{report_markdown(scores, plan)}"
+    if args.check:
+        return 0 if new == text else 1
+    DOC.write_text(new)
+    print(report_markdown(scores, plan))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
