@@ -3,8 +3,9 @@
 The logic is :mod:`pipeline.evaluate.ablation`. Outputs under ``paths.evaluate_dir``:
 
 - ``metrics.json``: ``<arm>.{accuracy, uf1, uar}`` (means over seeds), ``<arm>.<metric>_std``, ``<arm>.n``
-  (samples per seed), ``ma2mi_minus_scratch.*`` (with 95% intervals over seeds), ``label_efficiency.<arm>.<budget>.*``
-  and ``run`` (seeds, git revision, params hash);
+  (samples per seed), ``ma2mi_minus_scratch.*`` and ``ma2mi_minus_best_baseline.*`` (paired by seed, with 95%
+  intervals over seeds; the latter names its ``baseline``), ``label_efficiency.<arm>.<budget>.*`` and ``run`` (seeds,
+  git revision, params hash);
 - ``label_efficiency.csv`` (arm, budget, clips per class, seed, scores), ``label_efficiency_uf1.csv`` (mean UF1 per
   arm and clips per class: a DVC plot) and ``label_efficiency.png`` (mean ± std over seeds, each seed a dot);
 - ``per_seed.csv`` (arm, seed, metrics), ``per_subject.csv`` and ``per_dataset.csv`` (arm, group, metrics
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 from prefect.artifacts import create_table_artifact
 
+from pipeline.arms import ARMS, active_arms, arm_label
 from pipeline.config import load_params
 from pipeline.data.micro_table import read_classes, read_samples
 from pipeline.evaluate.ablation import (
@@ -42,7 +44,8 @@ def evaluate_flow(params_path: str = "params.yaml") -> dict:
     classes = read_classes(params.paths.micro_dir)
     subjects = set(read_samples(params.paths.micro_dir, ["subject"])["subject"])
     predictions, curves = ablation_inputs(params, subjects)
-    ablation = evaluate_ablation(predictions, classes)
+    baselines = [arm_label(params.finetune, arm) for arm in active_arms(params.finetune) if ARMS[arm].baseline]
+    ablation = evaluate_ablation(predictions, classes, baselines)
     counts = read_samples(params.paths.micro_dir, ["subject", "label"]).groupby(["subject", "label"]).size()
     efficiency, efficiency_summary = label_efficiency(predictions, classes, float(counts.mean()))
     metrics = {"run": run_info(params), **ablation.metrics}

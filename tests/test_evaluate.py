@@ -78,3 +78,27 @@ def test_pooled_scores_per_seed_and_the_difference_paired_by_seed(tmp_path):
     save_figures(tmp_path, ablation, curves, CLASSES)
     for name in ("confusion.png", "ablation.png", "curves.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+
+def test_ma2mi_is_paired_by_seed_with_the_baseline_of_the_best_mean_uf1(tmp_path):
+    ma2mi = _predictions(accuracy_by_seed={0: 0.9, 1: 0.8, 2: 0.7}, seed_offset=1)
+    scratch = _predictions(accuracy_by_seed={0: 0.3, 1: 0.8, 2: 0.6}, seed_offset=2)
+    weak = _predictions(accuracy_by_seed={0: 0.4, 1: 0.4, 2: 0.4}, seed_offset=3)
+    strong = _predictions(accuracy_by_seed={0: 1.0, 1: 0.9, 2: 1.0}, seed_offset=4)
+    ablation = evaluate_ablation({"ma2mi": ma2mi, "scratch": scratch, "weak": weak, "strong": strong}, CLASSES,
+                                 baselines=["weak", "strong"])
+    per_seed = ablation.per_seed.set_index(["arm", "seed"])
+    entry = ablation.metrics["ma2mi_minus_best_baseline"]
+    assert entry["baseline"] == "strong"
+    difference = per_seed.loc["ma2mi", "uf1"] - per_seed.loc["strong", "uf1"]
+    assert entry["uf1"] == pytest.approx(difference.mean())
+    assert entry["uf1_std"] == pytest.approx(difference.std(ddof=1))
+    assert entry["uf1_ci95"][0] < entry["uf1"] < entry["uf1_ci95"][1]
+    assert [row["arm"] for row in summary_rows(ablation.metrics)] == [
+        "ma2mi", "scratch", "weak", "strong", "ma2mi − scratch", "ma2mi − strong"]
+    from pipeline.evaluate.summary import summary_markdown
+
+    assert "| ma2mi − strong (best baseline, paired by seed) |" in summary_markdown(ablation.metrics)
+    assert "| strong |" in summary_markdown(ablation.metrics)
+    assert "ma2mi_minus_best_baseline" not in evaluate_ablation({"ma2mi": ma2mi, "scratch": scratch}, CLASSES).metrics
+    save_figures(tmp_path, ablation, pd.DataFrame({"ma2mi": [1.0]}), CLASSES)  # the differences are not bars

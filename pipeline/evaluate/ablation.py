@@ -24,7 +24,9 @@ from pipeline.arms import ARMS, active_arms, arm_label
 from pipeline.config import Params
 from pipeline.data.loso import ALL_LABELS
 from pipeline.evaluate.metrics import (
+    BASELINE_DIFFERENCE,
     DIFFERENCE,
+    DIFFERENCES,
     SCORES,
     classification_metrics,
     confusion,
@@ -121,7 +123,9 @@ class Ablation:
     Attributes:
         metrics: ``<label>.{accuracy, uf1, uar}`` (means over seeds), ``<label>.<score>_std``, ``<label>.n``
             (samples per seed), ``<label>.seeds``; ``ma2mi_minus_scratch.*`` (paired by seed, with
-            ``<score>_ci95``: the 95% t interval of the mean difference over seeds).
+            ``<score>_ci95``: the 95% t interval of the mean difference over seeds); with a baseline arm,
+            ``ma2mi_minus_best_baseline.*`` the same against the baseline of the best mean UF1 (its label in
+            ``ma2mi_minus_best_baseline.baseline``).
         per_seed: one row per arm label and seed: ``arm, seed, accuracy, uf1, uar, n``.
         per_subject, per_dataset: one row per arm and subject / source dataset, over all seeds' predictions.
         confusions: arm label -> (K, K) counts over all seeds' predictions.
@@ -136,17 +140,23 @@ class Ablation:
     confusion_rows: dict[str, pd.DataFrame]
 
 
-def evaluate_ablation(predictions: Mapping[str, pd.DataFrame], classes: Sequence[str]) -> Ablation:
-    """Score each arm's pooled LOSO predictions per seed, summarise over seeds, pair MA2MI with scratch.
+def evaluate_ablation(predictions: Mapping[str, pd.DataFrame], classes: Sequence[str],
+                      baselines: Sequence[str] = ()) -> Ablation:
+    """Score each arm's pooled LOSO predictions per seed; pair MA2MI with scratch and with the best baseline.
 
     Args:
         predictions: arm label -> predictions (``seed``, ``label_budget``, ``label``, ``predicted``,
             ``label_name``, ``subject``, ``source_dataset``), checked by :func:`check_coverage`; labels ``ma2mi``
             and ``scratch`` must be among them for the paired difference. Only the ``'all'`` budget counts here.
         classes: class names in label order.
+        baselines: the labels of ``predictions`` that are baseline arms (e.g. ``['ststnet']``); MA2MI is paired
+            by seed with the one of the highest mean UF1 over seeds (the first on a tie). Empty: no such entry.
 
     Returns:
         The :class:`Ablation`.
+
+    Raises:
+        KeyError: a label of ``baselines`` has no predictions.
     """
     labels = list(range(len(classes)))
     metrics: dict = {}
@@ -166,6 +176,11 @@ def evaluate_ablation(predictions: Mapping[str, pd.DataFrame], classes: Sequence
     paired = seeds_table.pivot(index="seed", columns="arm", values=list(SCORES))
     metrics[DIFFERENCE] = seed_summary(pd.DataFrame({s: paired[s]["ma2mi"] - paired[s]["scratch"] for s in SCORES}),
                                        interval=True)
+    if baselines:
+        best = max(baselines, key=lambda label: metrics[label]["uf1"])  # max keeps the first of equal ones
+        metrics[BASELINE_DIFFERENCE] = {
+            **seed_summary(pd.DataFrame({s: paired[s]["ma2mi"] - paired[s][best] for s in SCORES}), interval=True),
+            "baseline": best}
     return Ablation(metrics, seeds_table, pd.concat(per_subject, ignore_index=True),
                     pd.concat(per_dataset, ignore_index=True), confusions, rows)
 
@@ -221,6 +236,10 @@ def summary_rows(metrics: Mapping) -> list[dict]:
              "seeds": summary["seeds"]} for label, summary in arm_entries(metrics).items()]
     rows.append({"arm": "ma2mi − scratch", **{s: format_score(metrics[DIFFERENCE], s) for s in SCORES}, "n": "",
                  "seeds": metrics[DIFFERENCE]["seeds"]})
+    if BASELINE_DIFFERENCE in metrics:
+        entry = metrics[BASELINE_DIFFERENCE]
+        rows.append({"arm": f"ma2mi − {entry['baseline']}", **{s: format_score(entry, s) for s in SCORES}, "n": "",
+                     "seeds": entry["seeds"]})
     return rows
 
 
@@ -235,7 +254,7 @@ def save_figures(out: Path, ablation: Ablation, curves: pd.DataFrame, classes: S
     ``confusion.png``: one matrix per arm; ``ablation.png``: mean ± std bars, one dot per seed; ``curves.png``:
     training loss per epoch, one line per arm.
     """
-    summaries = {k: v for k, v in ablation.metrics.items() if k != DIFFERENCE}
+    summaries = {k: v for k, v in ablation.metrics.items() if k not in DIFFERENCES}
     per_seed = ablation.per_seed
     # matplotlib's object API (Figure), not pyplot: no backend and no global figure state
     fig = Figure(figsize=(4.5 * len(ablation.confusions), 4))

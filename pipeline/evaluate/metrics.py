@@ -14,11 +14,13 @@ import pandas as pd
 from scipy import stats
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 
-__all__ = ["DIFFERENCE", "SCORES", "ci95", "classification_metrics", "confusion", "per_group_metrics",
-           "seed_summary"]
+__all__ = ["BASELINE_DIFFERENCE", "DIFFERENCE", "DIFFERENCES", "SCORES", "ci95", "classification_metrics", "confusion",
+           "per_group_metrics", "seed_summary"]
 
 SCORES = ("accuracy", "uf1", "uar")  # the scores of classification_metrics, in the order tables show them
 DIFFERENCE = "ma2mi_minus_scratch"  # metrics.json key of the paired difference of the two MIACNet arms
+BASELINE_DIFFERENCE = "ma2mi_minus_best_baseline"  # MA2MI minus the baseline arm of the best mean UF1, by seed
+DIFFERENCES = (DIFFERENCE, BASELINE_DIFFERENCE)  # the metrics.json entries that are differences, not arms
 
 
 def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[int]) -> dict[str, float]:

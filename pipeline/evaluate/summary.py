@@ -18,7 +18,7 @@ import json
 import sys
 from collections.abc import Mapping
 
-from pipeline.evaluate.metrics import DIFFERENCE, SCORES
+from pipeline.evaluate.metrics import BASELINE_DIFFERENCE, DIFFERENCE, DIFFERENCES, SCORES
 
 __all__ = ["arm_entries", "format_mean_std", "localisation_rows", "main", "summary_markdown"]
 
@@ -34,7 +34,7 @@ def format_mean_std(summary: Mapping, key: str, digits: int = 3, signed: bool = 
 def arm_entries(metrics: Mapping) -> dict[str, Mapping]:
     """The arms of evaluate's ``metrics.json``: entries with every score and a sample count ``n``."""
     return {label: entry for label, entry in metrics.items()
-            if isinstance(entry, Mapping) and label != DIFFERENCE and all(s in entry for s in (*SCORES, "n"))}
+            if isinstance(entry, Mapping) and label not in DIFFERENCES and all(s in entry for s in (*SCORES, "n"))}
 
 
 def summary_markdown(metrics: Mapping, localisation: Mapping | None = None) -> str:
@@ -56,6 +56,12 @@ def summary_markdown(metrics: Mapping, localisation: Mapping | None = None) -> s
     if DIFFERENCE in metrics:
         difference = metrics[DIFFERENCE]
         lines.append("| ma2mi − scratch (paired by seed) | "
+                     + " | ".join(format_mean_std(difference, s, signed=True) + _interval(difference, s)
+                                  for s in SCORES)
+                     + f" |  | {difference.get('seeds', '')} |")
+    if BASELINE_DIFFERENCE in metrics:
+        difference = metrics[BASELINE_DIFFERENCE]
+        lines.append(f"| ma2mi − {difference['baseline']} (best baseline, paired by seed) | "
                      + " | ".join(format_mean_std(difference, s, signed=True) + _interval(difference, s)
                                   for s in SCORES)
                      + f" |  | {difference.get('seeds', '')} |")
