@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 import yaml
 
 from pipeline.config import load_params
 from pipeline.data.micro import MicroTensors
-from pipeline.evaluate.probe import frozen_encoder, probe_predictions, recalibrate_batchnorm
+from pipeline.evaluate.probe import action_codes, frozen_encoder, probe_predictions, recalibrate_batchnorm
 from pipeline.io import encode_png
 from tests.conftest import shrink
 
@@ -39,9 +40,16 @@ def test_probe_is_loso_frozen_and_recalibrates_batchnorm(tmp_path, raw_params):
     data = MicroTensors(samples, 32)
     model = frozen_encoder(params, 3, None, seed=0)
     weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
-    predicted = probe_predictions(model, data, samples["subject"])
-    assert predicted.shape == (len(samples),) and set(predicted) <= {0, 1, 2}
-    assert (predicted == samples["label"].to_numpy()).mean() > 0.9  # the change is linearly decodable
+    both = probe_predictions(model, data, samples["subject"], ("flattened", "pooled"))
+    assert list(both) == ["flattened", "pooled"]
+    for predicted in both.values():
+        assert predicted.shape == (len(samples),) and set(predicted) <= {0, 1, 2}
+        assert (predicted == samples["label"].to_numpy()).mean() > 0.9  # a uniform colour change: decodable both ways
+    rows = np.arange(5)
+    assert action_codes(model, data, rows, features="pooled").shape == (5, 8)
+    assert action_codes(model, data, rows).shape[1] == 8 * 2 * 2  # 32 px: a 2 x 2 code
+    with pytest.raises(ValueError, match="probe features 'max'"):
+        action_codes(model, data, rows, features="max")
     for key, value in model.state_dict().items():
         if key in weights:
             assert torch.equal(value, weights[key]), f"{key} changed: the encoder must stay frozen"

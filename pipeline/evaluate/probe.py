@@ -3,7 +3,9 @@
 The encoder's weights stay as they are (MA2MI's ``encoder.pt``, or a random initialisation per seed); for each
 LOSO fold its BatchNorm statistics are re-estimated on the fold's training clips (the same adaptation for every
 encoder, never on the test subject), every clip's action code ``A(onset, apex)`` (``code_channels`` x h x w, the
-bottleneck pre-training squeezes motion through) is flattened, and a logistic regression (scikit-learn, standardised
+bottleneck pre-training squeezes motion through) is flattened (``features='flattened'``: where the motion is, which
+separates AU patterns) or averaged over space (``'pooled'``: ``code_channels`` values, what the motion is but not
+where), and a logistic regression (scikit-learn, standardised
 features, fixed ``C`` = :data:`PROBE_C`: nothing is tuned) is trained on the training subjects and predicts the
 held-out one. Pooled LOSO accuracy, UF1 and UAR as in :mod:`pipeline.evaluate.ablation`.
 """
@@ -24,9 +26,10 @@ from pipeline.data.micro import MicroTensors
 from pipeline.models.miacnet import MIACNet
 from pipeline.train.engine import seed_everything
 
-__all__ = ["PROBE_C", "action_codes", "frozen_encoder", "probe_predictions", "recalibrate_batchnorm"]
+__all__ = ["PROBE_C", "PROBE_FEATURES", "action_codes", "frozen_encoder", "probe_predictions", "recalibrate_batchnorm"]
 
 PROBE_C = 1.0  # inverse L2 strength of the logistic regression (scikit-learn's default), the same for every encoder
+PROBE_FEATURES = ("flattened", "pooled")  # how the action code becomes a feature vector (see the module docstring)
 
 
 def frozen_encoder(model_params: ModelParams, num_classes: int, encoder_state: dict | None, seed: int) -> MIACNet:
@@ -56,30 +59,45 @@ def recalibrate_batchnorm(model: nn.Module, data: MicroTensors, rows: np.ndarray
 
 
 @torch.no_grad()
-def action_codes(model: MIACNet, data: MicroTensors, rows: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """The flattened action codes of the clips at ``rows``: ``(n, code_channels * h * w)`` float32 (eval mode)."""
+def action_codes(model: MIACNet, data: MicroTensors, rows: np.ndarray, batch_size: int = 64,
+                 features: str = "flattened") -> np.ndarray:
+    """The action codes of the clips at ``rows`` (eval mode), float32, one row per clip.
+
+    ``(n, code_channels * h * w)`` flattened, or ``(n, code_channels)`` averaged over space (``features='pooled'``).
+
+    Raises:
+        ValueError: ``features`` is not one of :data:`PROBE_FEATURES`.
+    """
+    if features not in PROBE_FEATURES:
+        raise ValueError(f"probe features {features!r}: expected one of {PROBE_FEATURES}")
     model.eval()
-    codes = [model.action_branch(b["onset"], b["apex"]).flatten(1) for b in data.batches(rows, batch_size, None)]
+    codes = [model.action_branch(b["onset"], b["apex"]) for b in data.batches(rows, batch_size, None)]
+    codes = [code.mean((2, 3)) if features == "pooled" else code.flatten(1) for code in codes]
     return torch.cat(codes).numpy()
 
 
-def probe_predictions(model: MIACNet, data: MicroTensors, subjects: pd.Series) -> np.ndarray:
-    """LOSO predictions of a logistic regression on ``model``'s frozen action codes.
+def probe_predictions(model: MIACNet, data: MicroTensors, subjects: pd.Series,
+                      features: tuple[str, ...] = ("flattened",)) -> dict[str, np.ndarray]:
+    """LOSO predictions of a logistic regression on ``model``'s frozen action codes, per kind of feature.
 
     Args:
         model: the frozen encoder (its BatchNorm statistics are re-estimated per fold, in place).
         data: every sample's crops and labels.
         subjects: the samples' subject ids (groups of the LOSO folds: every subject is held out once).
+        features: the kinds of feature vector (:data:`PROBE_FEATURES`), each probed on the same recalibrated
+            encoder.
 
     Returns:
-        ``(N,)`` int64: each sample's predicted label, from the fold that held its subject out.
+        feature kind -> ``(N,)`` int64: each sample's predicted label, from the fold that held its subject out.
     """
-    predicted = np.empty(len(subjects), dtype=np.int64)
+    predicted = {kind: np.empty(len(subjects), dtype=np.int64) for kind in features}
     labels = data.label.numpy()
     for fold in loso_folds(subjects):
         recalibrate_batchnorm(model, data, fold.train_idx)
-        train, test = action_codes(model, data, fold.train_idx), action_codes(model, data, fold.test_idx)
-        probe = make_pipeline(StandardScaler(), LogisticRegression(C=PROBE_C, max_iter=5000))
-        probe.fit(train, labels[fold.train_idx])
-        predicted[fold.test_idx] = probe.predict(test)
+        for kind in features:
+            train = action_codes(model, data, fold.train_idx, features=kind)
+            test = action_codes(model, data, fold.test_idx, features=kind)
+            probe = make_pipeline(StandardScaler(), LogisticRegression(C=PROBE_C, max_iter=5000))
+            probe.fit(train, labels[fold.train_idx])
+            predicted[kind][fold.test_idx] = probe.predict(test)
     return predicted
