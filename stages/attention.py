@@ -7,8 +7,10 @@ ground-truth AU masks under ``micro.root``, each is scored: the share of the hea
 true AU region and the pointing game (its maximum inside), per arm mean ± std over seeds, the paired
 MA2MI − scratch difference, and the chance level (the region's share of the crop). A real dataset has no ground
 truth: ``metrics.json`` then says so instead of giving numbers. Outputs under ``attention.dir``: ``metrics.json``
-(a DVC metric), ``per_clip.csv`` (every clip, arm and seed), ``examples.png`` (``attention.examples_per_class``
-held-out clips per class with each arm's map, first seed; the report shows it).
+(a DVC metric; also ``position_ablation``: each MIACNet arm's held-out scores with its position branch shuffled
+between subjects or removed, :mod:`pipeline.evaluate.decoupling`), ``per_clip.csv`` (every clip, arm and seed),
+``position_ablation.csv`` (arm, seed, mode, scores) and ``examples.png`` (``attention.examples_per_class`` held-out
+clips per class with each arm's map, first seed; the report shows it).
 Run: ``python -m stages.attention``.
 """
 
@@ -27,6 +29,7 @@ from pipeline.evaluate.attention import (
     read_regions,
     score_clips,
 )
+from pipeline.evaluate.decoupling import position_ablation, position_ablation_summary
 from pipeline.io import atomic_dir, write_json
 from pipeline.orchestration.stage import flow, get_run_logger, run_stage
 from pipeline.train.distributed import resolve_device
@@ -56,12 +59,19 @@ def attention_flow(params_path: str = "params.yaml") -> dict:
                     drawn.setdefault(maps.label, {})[int(row)] = (heat, probs)
     per_clip = pd.concat(tables, ignore_index=True)
     metrics = attention_metrics(per_clip, params.attention.method, root)
+    ablation = position_ablation(params, samples, len(classes), device)
+    if not ablation.empty:
+        metrics["position_ablation"] = position_ablation_summary(ablation)
+        for label, entry in metrics["position_ablation"].items():
+            logger.info("%s: held-out UF1 intact %.3f, position branch shuffled %.3f, removed %.3f", label,
+                        entry["intact"]["uf1"], entry["shuffled"]["uf1"], entry["removed"]["uf1"])
     for label, summary in metrics.items():
         if isinstance(summary, dict) and "mass_in_region" in summary:
             logger.info("%s: mass in AU region %.3f, pointing game %.3f", label, summary["mass_in_region"],
                         summary["pointing_hit_rate"])
     with atomic_dir(params.attention.dir) as out:
         per_clip.to_csv(out / "per_clip.csv", index=False)
+        ablation.to_csv(out / "position_ablation.csv", index=False)
         figure = examples_figure(samples, classes, examples, drawn, regions, size, "/".join(sorted(methods)))
         figure.savefig(out / "examples.png", dpi=110)
         write_json(metrics, out / "metrics.json")

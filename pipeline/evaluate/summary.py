@@ -74,6 +74,7 @@ def summary_markdown(metrics: Mapping, localisation: Mapping | None = None) -> s
                           f"{format_mean_std(entry, 'uf1', signed=True)}{_interval(entry, 'uf1')}."]
     if localisation is not None:
         lines += ["", *_localisation_lines(localisation)]
+        lines += _position_ablation_lines(localisation.get("position_ablation", {}))
     return "\n".join(lines) + "\n"
 
 
@@ -100,6 +101,20 @@ def _localisation_lines(localisation: Mapping) -> list[str]:
         name = "ma2mi − scratch" if signed else label
         lines.append(f"| {name} | {format_mean_std(entry, 'mass_in_region', signed=signed)} | "
                      f"{format_mean_std(entry, 'pointing_hit_rate', signed=signed)} |")
+    return lines
+
+
+def _position_ablation_lines(ablation: Mapping) -> list[str]:
+    """The position-branch ablation (:mod:`pipeline.evaluate.decoupling`) as a Markdown table; none without it."""
+    if not ablation:
+        return []
+    lines = ["", "## MIACNet's position branch ablated on the held-out clips (UF1)", "",
+             "| arm | intact | shuffled between subjects | removed |", "|---|---|---|---|"]
+    for label, entry in ablation.items():
+        changed = [format_mean_std(entry[mode], "uf1") + " (Δ " + format_mean_std(
+            entry[f"{mode}_minus_intact"], "uf1", signed=True) + _interval(entry[f"{mode}_minus_intact"], "uf1") + ")"
+                   for mode in ("shuffled", "removed")]
+        lines.append(f"| {label} | {format_mean_std(entry['intact'], 'uf1')} | {changed[0]} | {changed[1]} |")
     return lines
 
 
