@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from pipeline.evaluate.localisation import (
+    grid_pointing,
     localisation_scores,
     mask_path,
     read_region,
@@ -86,6 +87,30 @@ def test_summary_over_seeds_pairs_the_arms():
     assert summary["chance"] == {"mass_in_region": pytest.approx(0.2), "pointing_hit_rate": pytest.approx(0.2),
                                  "clips": 2}
     assert summary["ma2mi_minus_scratch"]["mass_in_region"] == pytest.approx(0.3)  # (0.7-0.3 + 0.5-0.3) / 2
+
+
+def test_the_pointing_game_on_the_maps_own_grid():
+    region = np.zeros((64, 64), bool)
+    region[20:24, 40:46] = True  # inside the 4 x 4 grid's cell (1, 2) (rows 16-31, columns 32-47)
+    coarse = np.zeros((4, 4))
+    coarse[1, 2] = 1.0
+    assert grid_pointing(coarse, region) == {"grid": "4x4", "grid_pointing_hit": True, "grid_region_share": 1 / 16}
+    # bilinearly resized to the crop, that map's maximum lies at the cell's centre (24, 40): here outside the region
+    assert not localisation_scores(cv2.resize(coarse, (64, 64), interpolation=cv2.INTER_LINEAR), region)["pointing_hit"]
+    coarse[1, 2], coarse[3, 3] = 0.5, 1.0
+    assert not grid_pointing(coarse, region)["grid_pointing_hit"]
+    assert not grid_pointing(np.zeros((10, 10)), region)["grid_pointing_hit"]  # a flat map misses
+    fine = grid_pointing(np.eye(10), region)  # 6.4 px cells: rows 20-23 in cell 3, columns 40-45 in cells 6 and 7
+    assert fine["grid"] == "10x10" and fine["grid_region_share"] == pytest.approx(2 / 100)
+    rows = [{"arm": arm, "seed": seed, "mass_in_region": 0.5, "pointing_hit": False, "region_share": 0.1,
+             "flat": False, "grid": grid, "grid_pointing_hit": hit, "grid_region_share": share}
+            for arm, grid, share in (("ma2mi", "4x4", 0.25), ("ststnet", "10x10", 0.05))
+            for seed, hit in ((0, True), (1, False))]
+    summary = summarise_localisation(pd.DataFrame(rows))
+    assert summary["ma2mi"]["grid"] == "4x4" and summary["ma2mi"]["grid_chance"] == pytest.approx(0.25)
+    assert summary["ststnet"]["grid_chance"] == pytest.approx(0.05)
+    assert summary["ma2mi"]["grid_pointing_hit_rate"] == pytest.approx(0.5)
+    assert summary["ma2mi"]["grid_pointing_hit_rate_std"] == pytest.approx(np.std([1.0, 0.0], ddof=1))
 
 
 def test_the_demo_writes_masks_where_localisation_looks_for_them():

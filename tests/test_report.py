@@ -120,7 +120,7 @@ def test_summary_markdown_lists_arms_difference_and_localisation():
     assert lines[0] == "# Results: protocol megc, seeds [0, 1]"
     assert "| ma2mi | 0.650 ± 0.071 | 0.600 ± 0.071 | 0.650 ± 0.071 | 9 | 2 |" in lines
     assert any(line.startswith("| ma2mi − scratch (paired by seed) | +0.200 ± 0.000") for line in lines)
-    assert "| chance | 0.120 | 0.120 |" in lines
+    assert "| chance | 0.120 | 0.120 |  |" in lines
     with_intervals = {**inputs.metrics, "ma2mi_minus_scratch": {**inputs.metrics["ma2mi_minus_scratch"],
                                                                 **{f"{s}_ci95": [0.1, 0.3] for s in SCORES}},
                       "label_efficiency": {"ma2mi_minus_scratch": {"1": {"uf1": 0.25, "uf1_std": 0.02,

@@ -28,6 +28,7 @@ from pipeline.data.loso import loso_fold
 from pipeline.data.micro import MicroTensors
 from pipeline.data.tensors import images_to_tensor
 from pipeline.evaluate.localisation import (
+    grid_pointing,
     localisation_scores,
     mask_path,
     read_region,
@@ -51,6 +52,7 @@ class FoldMaps:
         heatmaps: ``(n, S, S) float32`` in [0, 1] on the aligned crops.
         probabilities: ``(n, K) float32``.
         method: the heat map's method (``gradcam`` or ``attention``).
+        native: ``(n, h, w) float32 >= 0``, the same maps on the model's own grid (before the resize).
     """
 
     arm: str
@@ -61,6 +63,7 @@ class FoldMaps:
     heatmaps: np.ndarray
     probabilities: np.ndarray
     method: str
+    native: np.ndarray
 
 
 def has_ground_truth(micro_root: Path) -> bool:
@@ -119,15 +122,16 @@ def fold_maps(params: Params, samples: pd.DataFrame, n_classes: int, method: str
                 model = load_fold_model(params.paths.finetune_dir, arm=arm, spec=spec, fold=fold, seed=seed,
                                         n_classes=n_classes).to(device)
                 how = method_for(model, method)
-                maps, probs = [], []
+                maps, probs, native = [], [], []
                 for batch in data.batches(split.test_idx, batch_size, None,
                                           flow_size_px=getattr(model, "flow_size_px", None)):
                     inputs = [x.to(device) for x in model_inputs(model, batch)]
-                    heat, p = model_heatmaps(model, inputs, crop, how)
+                    heat, p, grid = model_heatmaps(model, inputs, crop, how, native=True)
                     maps.append(heat)
                     probs.append(p)
+                    native.append(grid)
                 yield FoldMaps(arm, arm_label(params.finetune, arm), fold, seed, split.test_idx,
-                               np.concatenate(maps), np.concatenate(probs), how)
+                               np.concatenate(maps), np.concatenate(probs), how, np.concatenate(native))
 
 
 def score_clips(maps: FoldMaps, samples: pd.DataFrame, regions: dict[int, np.ndarray] | None) -> pd.DataFrame:
@@ -140,7 +144,9 @@ def score_clips(maps: FoldMaps, samples: pd.DataFrame, regions: dict[int, np.nda
 
     Returns:
         ``arm`` (the label), ``seed``, ``fold``, ``method``, ``sample_id``, ``subject``, ``clip``, ``label_name``,
-        ``predicted``; with regions also ``mass_in_region``, ``pointing_hit``, ``region_share``, ``flat``.
+        ``predicted``; with regions also ``mass_in_region``, ``pointing_hit``, ``region_share``, ``flat``, and on
+        the model's own grid ``grid`` (``'4x4'``), ``grid_pointing_hit``, ``grid_region_share``
+        (:func:`pipeline.evaluate.localisation.grid_pointing`).
     """
     table = samples.iloc[maps.rows][["sample_id", "subject", "clip", "label", "label_name"]].reset_index(drop=True)
     table.insert(0, "arm", maps.label)
@@ -149,7 +155,8 @@ def score_clips(maps: FoldMaps, samples: pd.DataFrame, regions: dict[int, np.nda
     table.insert(3, "method", maps.method)
     table["predicted"] = maps.probabilities.argmax(1)
     if regions is not None:
-        scores = [localisation_scores(heat, regions[row]) for heat, row in zip(maps.heatmaps, maps.rows, strict=True)]
+        scores = [{**localisation_scores(heat, regions[row]), **grid_pointing(grid, regions[row])}
+                  for heat, grid, row in zip(maps.heatmaps, maps.native, maps.rows, strict=True)]
         table = pd.concat([table, pd.DataFrame(scores)], axis=1)
     return table
 

@@ -12,6 +12,12 @@ the frame). Two scores per clip:
   heat map's maximum lies inside the region. Chance level: the region's share of the crop again (a maximum at a
   uniformly random pixel).
 
+The pointing game on the crop's pixels asks a coarse map for more than it has: MIACNet's map is 4 x 4 at 64 px
+(``H/16``), STSTNet's 10 x 10, MMNet's 14 x 14, each resized bilinearly to the crop, so a 4 x 4 map's maximum
+can only fall near one of 16 cell centres. The **grid pointing game** (:func:`grid_pointing`) scores the map on its
+own grid instead: a hit when the cell of its maximum overlaps the region; its chance level is the share of the
+cells that overlap the region, per model.
+
 A heat map that is zero everywhere (no positive evidence for the class) carries no location: it scores the
 chance level on mass and a miss on the pointing game, and is counted (``flat``).
 
@@ -37,7 +43,7 @@ import pandas as pd
 from pipeline.config import AU_MASK_DIR
 from pipeline.evaluate.metrics import seed_summary
 
-__all__ = ["LOCALISATION_SCORES", "localisation_scores", "mask_path", "read_region",
+__all__ = ["LOCALISATION_SCORES", "grid_pointing", "localisation_scores", "mask_path", "read_region",
            "region_in_crop", "summarise_localisation"]
 
 LOCALISATION_SCORES = ("mass_in_region", "pointing_hit_rate")
@@ -122,6 +128,32 @@ def localisation_scores(heatmap: np.ndarray, region: np.ndarray) -> dict[str, fl
             "region_share": share, "flat": False}
 
 
+def grid_pointing(grid_map: np.ndarray, region: np.ndarray) -> dict[str, float | bool | str]:
+    """The pointing game on the heat map's own grid.
+
+    Args:
+        grid_map: ``(h, w)`` float >= 0, the map before any resize; its cells tile the whole crop.
+        region: ``(S, S)`` bool, the ground-truth region in the crop.
+
+    Returns:
+        ``grid`` (``'<h>x<w>'``), ``grid_pointing_hit`` (the block of the crop under the map's maximum cell holds a
+        region pixel; a map that is zero everywhere misses) and ``grid_region_share`` (the share of the cells
+        whose block holds a region pixel: the chance level of a maximum in a random cell).
+
+    Example:
+        >>> region = np.zeros((8, 8), bool)
+        >>> region[0, 7] = True  # one pixel, in the top-right cell of a 2 x 2 grid
+        >>> grid_pointing(np.array([[0.0, 1.0], [0.5, 0.0]]), region)
+        {'grid': '2x2', 'grid_pointing_hit': True, 'grid_region_share': 0.25}
+    """
+    grid_map = np.asarray(grid_map, np.float64)
+    h, w = grid_map.shape
+    coverage = cv2.resize(region.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)  # region share per cell
+    touched = coverage > 0
+    hit = bool(grid_map.max() > 0 and touched[np.unravel_index(int(np.argmax(grid_map)), grid_map.shape)])
+    return {"grid": f"{h}x{w}", "grid_pointing_hit": hit, "grid_region_share": float(touched.mean())}
+
+
 def summarise_localisation(per_clip: pd.DataFrame) -> dict:
     """Per arm: the means over clips for each seed, then mean ± std over seeds; the paired MA2MI − scratch.
 
@@ -132,16 +164,26 @@ def summarise_localisation(per_clip: pd.DataFrame) -> dict:
     Returns:
         ``{<arm>: {mass_in_region, mass_in_region_std, pointing_hit_rate, pointing_hit_rate_std, seeds, clips,
         flat}, 'chance': {mass_in_region, pointing_hit_rate, clips}, 'ma2mi_minus_scratch': {...}}`` (the paired
-        difference only when both arms are present); std is None for one seed.
+        difference only when both arms are present); std is None for one seed. With the grid columns of
+        :func:`grid_pointing` in ``per_clip``, each arm also has ``grid``, ``grid_pointing_hit_rate`` (+ std) and
+        its own ``grid_chance`` (grids differ between models).
     """
+    with_grid = "grid_pointing_hit" in per_clip
     per_seed = (per_clip.groupby(["arm", "seed"], sort=False)
                 .agg(mass_in_region=("mass_in_region", "mean"), pointing_hit_rate=("pointing_hit", "mean"),
-                     clips=("mass_in_region", "size"), flat=("flat", "sum"))
+                     clips=("mass_in_region", "size"), flat=("flat", "sum"),
+                     **({"grid_pointing_hit_rate": ("grid_pointing_hit", "mean"),
+                         "grid_chance": ("grid_region_share", "mean"), "grid": ("grid", "first")} if with_grid else {}))
                 .reset_index())
     out: dict = {}
     for arm, part in per_seed.groupby("arm", sort=False):
         out[arm] = {**seed_summary(part, columns=LOCALISATION_SCORES), "clips": int(part["clips"].iloc[0]),
                     "flat": int(part["flat"].sum())}
+        if with_grid:
+            grid = seed_summary(part, columns=["grid_pointing_hit_rate"])
+            out[arm].update(grid=str(part["grid"].iloc[0]), grid_chance=float(part["grid_chance"].mean()),
+                            grid_pointing_hit_rate=grid["grid_pointing_hit_rate"],
+                            grid_pointing_hit_rate_std=grid["grid_pointing_hit_rate_std"])
     # the regions are the same for every arm and seed: the chance level of one (arm, seed) is everyone's
     first = per_clip.iloc[0]
     clips = per_clip[(per_clip["arm"] == first["arm"]) & (per_clip["seed"] == first["seed"])]

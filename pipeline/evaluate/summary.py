@@ -95,12 +95,15 @@ def _localisation_lines(localisation: Mapping) -> list[str]:
     if not localisation.get("ground_truth"):
         return [f"Heat-map localisation: {localisation.get('note', 'no ground truth')}"]
     lines = [f"## Heat-map localisation ({localisation.get('method')}) in the true AU region, held-out clips", "",
-             "| arm | mass in region | pointing game |", "|---|---|---|"]
+             "| arm | mass in region | pointing game | pointing game on the map's grid (grid: chance) |",
+             "|---|---|---|---|"]
     for label, entry in localisation_rows(localisation):
         signed = label == DIFFERENCE
         name = "ma2mi − scratch" if signed else label
+        grid = (f"{format_mean_std(entry, 'grid_pointing_hit_rate')} ({entry['grid']}: {entry['grid_chance']:.3f})"
+                if "grid_pointing_hit_rate" in entry else "")
         lines.append(f"| {name} | {format_mean_std(entry, 'mass_in_region', signed=signed)} | "
-                     f"{format_mean_std(entry, 'pointing_hit_rate', signed=signed)} |")
+                     f"{format_mean_std(entry, 'pointing_hit_rate', signed=signed)} | {grid} |")
     return lines
 
 

@@ -119,7 +119,7 @@ def normalise_heatmaps(maps: torch.Tensor, size_px: int, scale: bool = True) -> 
 
 
 def model_heatmaps(model: nn.Module, inputs: Sequence[torch.Tensor], size_px: int,
-                   method: HeatmapMethod = "gradcam") -> tuple[np.ndarray, np.ndarray]:
+                   method: HeatmapMethod = "gradcam", native: bool = False) -> tuple[np.ndarray, ...]:
     """Heat maps of a batch on the ``size_px`` crop, and the class probabilities.
 
     Args:
@@ -128,10 +128,13 @@ def model_heatmaps(model: nn.Module, inputs: Sequence[torch.Tensor], size_px: in
         size_px: the side S of the aligned face crop.
         method: ``gradcam`` (:func:`grad_cam` for the predicted class) or ``attention`` (:func:`action_attention`,
             MIACNet only).
+        native: also return the maps on the model's own grid (before the resize).
 
     Returns:
         ``(heatmaps (B, S, S) float32 in [0, 1], probabilities (B, K) float32)``; Grad-CAM maps are scaled to
-        their maximum, attention maps keep their values (:func:`normalise_heatmaps`).
+        their maximum, attention maps keep their values (:func:`normalise_heatmaps`). With ``native``, a third
+        item: ``(B, h, w) float32 >= 0``, the maps on the grid of the model's last feature map (MIACNet's
+        ``H/16``: 4 x 4 at 64 px; STSTNet 10 x 10; MMNet 14 x 14), unscaled.
 
     Raises:
         ValueError: an unknown ``method``, or ``attention`` for a model without it.
@@ -142,7 +145,8 @@ def model_heatmaps(model: nn.Module, inputs: Sequence[torch.Tensor], size_px: in
         maps, logits = action_attention(model, inputs)
     else:
         raise ValueError(f"heat-map method {method!r}: known {', '.join(HEATMAP_METHODS)}")
-    return normalise_heatmaps(maps, size_px, scale=method == "gradcam"), torch.softmax(logits, dim=1).cpu().numpy()
+    out = (normalise_heatmaps(maps, size_px, scale=method == "gradcam"), torch.softmax(logits, dim=1).cpu().numpy())
+    return (*out, maps.float().clamp_min(0).cpu().numpy()) if native else out
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.ndarray:

@@ -160,14 +160,19 @@ def _localisation(inputs: ReportInputs) -> str:
             rows.append(["MA2MI − scratch (paired)" if signed else label,
                          format_mean_std(entry, "mass_in_region", signed=signed),
                          format_mean_std(entry, "pointing_hit_rate", signed=signed),
+                         (f"{format_mean_std(entry, 'grid_pointing_hit_rate')} ({entry['grid']}; chance "
+                          f"{entry['grid_chance']:.3f})" if "grid_pointing_hit_rate" in entry else ""),
                          entry.get("seeds", ""), entry.get("clips", ""), entry.get("flat", "")])
         parts.append(_table(pd.DataFrame(rows, columns=["arm", "heat-map mass in the AU region", "pointing game "
-                                                        "hit rate", "seeds", "clips per seed", "flat maps"])))
+                                                        "hit rate", "pointing game on the map's own grid",
+                                                        "seeds", "clips per seed", "flat maps"])))
         parts.append(f"<p class=note>Method: {_e(loc.get('method'))}. Each held-out clip's heat map from the LOSO "
                      "fold model that held its subject out, scored against the clip's true AU region (where the "
                      "demo renderer moved the skin, warped into the aligned crop); mean over clips per seed, then "
                      "mean ± std over seeds. Chance: a map spread evenly, or a maximum at a random pixel, scores the "
-                     "region's share of the crop (the 'chance' row).</p>")
+                     "region's share of the crop (the 'chance' row). On the map's own grid (MIACNet 4 x 4 at 64 px, "
+                     "STSTNet 10 x 10), a hit is the maximum cell overlapping the region, and chance the share of "
+                     "such cells, per model.</p>")
     ablation = (loc or {}).get("position_ablation", {})
     if ablation:
         rows = [[label, *(format_mean_std(entry[mode], score) for mode in ("intact", "shuffled", "removed")
