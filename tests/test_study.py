@@ -64,19 +64,51 @@ def _scores(uf1: dict[tuple[str, str], list[float]]) -> pd.DataFrame:
                          for (variant, arm), values in uf1.items() for seed, value in enumerate(values)])
 
 
-def test_selection_keeps_the_default_on_a_tie_and_takes_a_strictly_better_candidate():
+def _variant(stage: str, arms: list[str], overrides: dict, splits: tuple[str, ...] = ("validation",)) -> study.Variant:
+    return study.Variant(stage=stage, arms=arms, splits=list(splits), set=overrides)
+
+
+def test_stage_a_keeps_the_default_on_a_tie_and_takes_a_strictly_better_candidate():
     plan = study.Plan(seeds=[0, 1], folds=[0], variants={
-        "default": study.Variant(stage="A", arms=["ma2mi", "scratch"], splits=["validation"], set={}),
-        "fast": study.Variant(stage="A", arms=["ma2mi", "scratch"], splits=["validation"], set={"x": 1}),
-        "faster": study.Variant(stage="A", arms=["ma2mi", "scratch"], splits=["validation"], set={"x": 2}),
-        "other": study.Variant(stage="B", arms=["ma2mi"], splits=["validation"], set={"y": 1})})
+        "default": _variant("A", ["ma2mi", "scratch"], {}),
+        "fast": _variant("A", ["ma2mi", "scratch"], {"x": 1}),
+        "faster": _variant("A", ["ma2mi", "scratch"], {"x": 2})})
     scores = _scores({("default", "ma2mi"): [0.5, 0.7], ("fast", "ma2mi"): [0.7, 0.5],  # tie: default stays
-                      ("faster", "ma2mi"): [0.6, 0.6], ("other", "ma2mi"): [1.0, 1.0],  # stage B: not a candidate
+                      ("faster", "ma2mi"): [0.6, 0.6],
                       ("default", "scratch"): [0.5, 0.5], ("fast", "scratch"): [0.8, 0.8],
                       ("faster", "scratch"): [0.8, 0.8]})  # tie between candidates: the earlier one
-    assert study.select(scores, plan) == {"ma2mi": "default", "scratch": "fast"}
+    (stage_a,) = study.decisions(scores, plan)
+    assert stage_a["chosen"]["ma2mi"] == "default" and stage_a["chosen"]["scratch"] == "fast"
     incomplete = scores[~((scores["variant"] == "faster") & (scores["arm"] == "scratch") & (scores["seed"] == 1))]
-    assert study.select(incomplete, plan) == {"ma2mi": "default"}  # an arm with a missing seed is not decided
+    assert study.decisions(incomplete, plan) == []  # a stage with a missing seed is not decided
+
+
+def test_later_stages_decide_jointly_on_top_of_the_earlier_choices():
+    plan = study.Plan(seeds=[0], folds=[0], variants={
+        "default": _variant("A", ["ma2mi", "scratch"], {}),
+        "lr": _variant("A", ["ma2mi", "scratch"], {"finetune.recipe.lr": 0.003}),
+        "flow": _variant("B", ["ma2mi", "scratch"], {"model.action_input": "flow"}),
+        "long": _variant("C", ["ma2mi"], {"pretrain.epochs": 40}),
+        "chosen": _variant("check", ["ma2mi", "scratch"], {}, splits=("test",))})
+    assert study.decision_stages(plan) == ["A", "B", "C"]
+    scores = _scores({("default", "ma2mi"): [0.5], ("lr", "ma2mi"): [0.9], ("default", "scratch"): [0.6],
+                      ("lr", "scratch"): [0.5]})
+    assert study.configuration(plan, scores, "flow", "ma2mi") == {"finetune.recipe.lr": 0.003,
+                                                                   "model.action_input": "flow"}
+    assert study.configuration(plan, scores, "flow", "scratch") == {"model.action_input": "flow"}
+    with pytest.raises(RuntimeError, match="stage B is not decided"):
+        study.configuration(plan, scores, "long", "ma2mi")
+    # flow: ma2mi 0.8 (< 0.9), scratch 0.8 (> 0.6): mean 0.8 > the reference's (0.9 + 0.6) / 2 = 0.75, so both switch
+    scores = pd.concat([scores, _scores({("flow", "ma2mi"): [0.8], ("flow", "scratch"): [0.8]})])
+    _, stage_b = study.decisions(scores, plan)
+    assert stage_b["chosen"] == {"ma2mi": "flow", "scratch": "flow", "baseline": "default"}
+    assert stage_b["scores"]["reference"] == pytest.approx(0.75)
+    assert study.configuration(plan, scores, "long", "ma2mi") == {
+        "finetune.recipe.lr": 0.003, "model.action_input": "flow", "pretrain.epochs": 40}
+    scores = pd.concat([scores, _scores({("long", "ma2mi"): [0.7]})])  # worse than flow's 0.8: not taken
+    assert study.decisions(scores, plan)[-1]["chosen"]["ma2mi"] == "flow"
+    assert study.configuration(plan, scores, "chosen", "ma2mi") == {"finetune.recipe.lr": 0.003,
+                                                                     "model.action_input": "flow"}
 
 
 def test_set_dev_seed_changes_that_one_key():

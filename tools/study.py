@@ -15,7 +15,7 @@ loss and accuracy, its wall time), so a killed study resumes where it stopped. A
 name at the end, and the others still run.
 
 ``report`` pools each (variant, arm, split, seed)'s predictions over the folds into accuracy, UF1 and UAR. It pairs
-each variant with ``default`` by seed, applies the selection rule of ``docs/study.md`` (:func:`select`), and writes
+each variant with ``default`` by seed, applies the selection rule of ``docs/study.md`` (:func:`decisions`), and writes
 the results table below the marker line of ``docs/study.md`` (``--check``: exit 1 if the page is out of date).
 The workspace's own ``dvc repro`` LOSO predictions (the default configuration's test split) join the table as
 variant ``default``, split ``test``.
@@ -38,7 +38,8 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["MARKER", "Plan", "Run", "planned_runs", "report_markdown", "run_scores", "select", "variant_params"]
+__all__ = ["MARKER", "Plan", "Run", "configuration", "decision_stages", "decisions", "planned_runs",
+           "pretrained_encoder", "report_markdown", "run_scores", "run_study", "study_scores", "variant_params"]
 
 REPO = Path(__file__).resolve().parents[1]
 PLAN = REPO / "docs" / "study" / "plan.yaml"
@@ -158,12 +159,52 @@ def _train(run: Run, paths: Any, model: Any, recipe: Any, out: str) -> str:
     return run.name
 
 
+PRETRAIN_KEYS = ("pretrain.", "macro.")  # overrides that change what MA2MI pre-trains, hence the encoder
+
+
+def pretrained_encoder(params: Any, overrides: dict[str, Any], out: Path) -> Path:
+    """The folder of the encoder pre-trained with ``params`` (a variant's pre-training ``overrides``).
+
+    ``<out>/pretrain-<hash of the overrides>/`` (``encoder.pt``, ``metrics.json``, ``dvclive/``, ``overrides.json``),
+    trained now if it is not there yet. Its training state is saved as the stage's is, so a killed study resumes it.
+    """
+    import hashlib
+    import logging
+
+    from pipeline.io import atomic_dir
+    from pipeline.train.distributed import resolve_device
+    from pipeline.train.pretrain import train_and_save
+
+    pretraining = {key: value for key, value in sorted(overrides.items()) if key.startswith(PRETRAIN_KEYS)}
+    digest = hashlib.sha256(json.dumps(pretraining, sort_keys=True).encode()).hexdigest()[:12]
+    folder = (out / f"pretrain-{digest}").resolve()
+    if (folder / "encoder.pt").is_file():
+        return folder
+    params = params.model_copy(update={"paths": params.paths.model_copy(update={
+        "pretrain_dir": folder, "checkpoint_dir": out.resolve() / f".pretrain-{digest}-state"})})
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    print(f"pre-training for {pretraining} into {folder}", flush=True)
+    with atomic_dir(folder) as tmp:
+        train_and_save(params, tmp, resolve_device(params.pretrain.device), logging.getLogger("tools.study"))
+        (tmp / "overrides.json").write_text(json.dumps(pretraining, indent=2) + "\n")
+    return folder
+
+
 def run_study(workspace: Path, plan: Plan, out: Path, variants: list[str] | None, workers: int) -> int:
-    """Train every unfinished run of ``variants``; returns the number of failed runs (each printed by name)."""
+    """Train every unfinished run of ``variants``; returns the number of failed runs (each printed by name).
+
+    A variant of a later stage trains with the choices of the earlier stages (:func:`configuration`), which are
+    taken from the finished runs; a variant that changes pre-training gets its own encoder first
+    (:func:`pretrained_encoder`).
+
+    Raises:
+        RuntimeError: a variant's earlier stage is not decided (its runs have not all finished).
+    """
     import dask
     from distributed import Client, LocalCluster, as_completed
     from tqdm import tqdm
 
+    from pipeline.arms import ARMS
     from pipeline.models.registry import arm_model
     from pipeline.orchestration.local_prefect import DASK_WORKER_CONFIG, LOOPBACK
 
@@ -173,25 +214,44 @@ def run_study(workspace: Path, plan: Plan, out: Path, variants: list[str] | None
     print(f"{len(runs)} runs planned, {len(runs) - len(todo)} already finished, {len(todo)} to train", flush=True)
     if not todo:
         return 0
-    configs = {name: variant_params(raw, plan.variants[name].set, f"variant {name}") for name in plan.variants}
+    scores = study_scores(workspace, out, plan)
     root = workspace.resolve()
-    paths = {name: params.paths.model_copy(update={key: root / value for key, value in params.paths})
-             for name, params in configs.items()}  # the workers never change folder: this checkout's code runs
+    jobs: dict[tuple[str, str], tuple[Any, Any]] = {}
+    for run in todo:
+        if (run.variant, run.arm) in jobs:
+            continue
+        overrides = configuration(plan, scores, run.variant, run.arm)
+        params = variant_params(raw, overrides, f"variant {run.variant} ({run.arm})")
+        # absolute paths: the workers never change folder, so this checkout's code runs on the workspace's data
+        params = params.model_copy(update={"paths": params.paths.model_copy(
+            update={key: root / value for key, value in params.paths})})
+        if ARMS[run.arm].pretrained and any(key.startswith(PRETRAIN_KEYS) for key in overrides):
+            params = params.model_copy(update={"paths": params.paths.model_copy(
+                update={"pretrain_dir": pretrained_encoder(params, overrides, out)})})
+        print(f"{run.variant} / {run.arm}: {overrides or 'the workspace params'}", flush=True)
+        jobs[(run.variant, run.arm)] = params, arm_model(run.arm, finetune=params.finetune, model=params.model)
     dask.config.set(DASK_WORKER_CONFIG)
     failed = 0
     with LocalCluster(n_workers=workers or len(os.sched_getaffinity(0)), threads_per_worker=1, processes=True,
                       host=LOOPBACK, dashboard_address=f"{LOOPBACK}:0") as cluster, Client(cluster) as client:
         futures = {}
         for run in todo:
-            params = configs[run.variant]
-            model = arm_model(run.arm, finetune=params.finetune, model=params.model)
-            futures[client.submit(_train, run, paths[run.variant], model, params.finetune.recipe,
-                                  str(out.resolve()), key=f"study-{run.name}".replace(" ", "-"), pure=False)] = run
+            params, model = jobs[(run.variant, run.arm)]
+            futures[client.submit(_train, run, params.paths, model, params.finetune.recipe, str(out.resolve()),
+                                  key=f"study-{run.name}".replace(" ", "-"), pure=False)] = run
         for future in tqdm(as_completed(futures), total=len(futures), desc="study runs", unit="run"):
             if future.status == "error":
                 failed += 1
                 print(f"FAILED {futures[future].name}: {future.exception()!r}", file=sys.stderr, flush=True)
     return failed
+
+
+def study_scores(workspace: Path, out: Path, plan: Plan) -> pd.DataFrame:
+    """:func:`run_scores` of every finished run under ``out`` and of the workspace's own LOSO predictions."""
+    files = sorted(out.glob("*/*/*/fold*/seed*.parquet"))
+    frames = [pd.read_parquet(path) for path in files] + [_workspace_test_predictions(workspace)]
+    frames = [frame for frame in frames if len(frame)]
+    return run_scores(pd.concat(frames, ignore_index=True), len(plan.folds)) if frames else pd.DataFrame()
 
 
 def set_dev_seed(text: str, seed: int) -> str:
@@ -311,29 +371,92 @@ def summary_table(scores: pd.DataFrame, plan: Plan) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def select(scores: pd.DataFrame, plan: Plan) -> dict[str, str]:
-    """Stage A of the selection rule (docs/study.md): per arm, the stage-A variant with the best mean validation UF1.
+ARM_NAMES = ("ma2mi", "scratch", "baseline")
 
-    The default stays unless a candidate's mean is strictly higher; ties go to the earlier variant of the plan.
-    Only arms with every stage-A variant they run complete are decided.
+
+def _mean_uf1(validation: pd.DataFrame, variant: str, arm: str, n_seeds: int) -> float | None:
+    """Mean validation UF1 over seeds of ``variant`` on ``arm``; None until every seed finished."""
+    values = validation[(validation["variant"] == variant) & (validation["arm"] == arm)]["uf1"]
+    return float(values.mean()) if len(values) == n_seeds else None
+
+
+def decision_stages(plan: Plan) -> list[str]:
+    """The plan's stages that decide something (a variant on the validation split), in plan order.
+
+    A stage of test runs only (a check of the chosen configuration) decides nothing.
+    """
+    stages = dict.fromkeys(variant.stage for variant in plan.variants.values())
+    return [stage for stage in stages if any("validation" in v.splits for v in plan.variants.values()
+                                             if v.stage == stage)]
+
+
+def decisions(scores: pd.DataFrame, plan: Plan) -> list[dict[str, Any]]:
+    """The selection rule of docs/study.md, stage by stage, in the order stages first appear in the plan.
+
+    Stage ``A`` decides per arm: the arm's stage-A variant of the best mean validation UF1, ``default`` unless one
+    is strictly higher (ties: the earlier variant). A later stage decides jointly for the arms its variants run: a
+    variant replaces the configuration chosen so far (the reference) only if the mean over those arms of its mean
+    validation UF1 is strictly higher than the reference's; the best such variant wins. A stage is decided once
+    every seed of every variant it compares finished.
 
     Returns:
-        arm -> chosen variant name.
+        One entry per decided stage: ``stage``, ``chosen`` (arm -> the variant whose configuration the arm carries
+        after the stage) and ``scores`` (variant -> the mean compared).
     """
-    chosen = {}
-    validation = scores[scores["split"] == "validation"]
-    candidates = [name for name, variant in plan.variants.items() if variant.stage == "A"]
-    for arm in ("ma2mi", "scratch", "baseline"):
-        means = {name: validation[(validation["variant"] == name) & (validation["arm"] == arm)]["uf1"]
-                 for name in candidates if arm in plan.variants[name].arms}
-        if not means or any(len(values) < len(plan.seeds) for values in means.values()):
-            continue
-        best = DEFAULT
-        for name, values in means.items():
-            if values.mean() > means[best].mean():
-                best = name
-        chosen[arm] = best
-    return chosen
+    validation = scores[scores["split"] == "validation"] if len(scores) else scores
+    n_seeds = len(plan.seeds)
+    current = dict.fromkeys(ARM_NAMES, DEFAULT)
+    out = []
+    for stage in decision_stages(plan):
+        names = [name for name, variant in plan.variants.items() if variant.stage == stage]
+        if stage == "A":
+            chosen, compared = {}, {}
+            for arm in ARM_NAMES:
+                means = {name: _mean_uf1(validation, name, arm, n_seeds) for name in names
+                         if arm in plan.variants[name].arms}
+                if not means or None in means.values():
+                    continue
+                best = max(means, key=lambda name, m=means: (m[name], -names.index(name)))
+                chosen[arm] = best if means[best] > means.get(DEFAULT, -1.0) else DEFAULT
+                compared.update({f"{name} ({arm})": value for name, value in means.items()})
+            if len(chosen) < len({arm for name in names for arm in plan.variants[name].arms}):
+                break
+        else:
+            arms = sorted({arm for name in names for arm in plan.variants[name].arms})
+            reference = [_mean_uf1(validation, current[arm], arm, n_seeds) for arm in arms]
+            means = {name: [_mean_uf1(validation, name, arm, n_seeds) for arm in plan.variants[name].arms]
+                     for name in names}
+            if None in reference or any(None in values for values in means.values()):
+                break
+            compared = {"reference": float(np.mean(reference)),
+                        **{name: float(np.mean(values)) for name, values in means.items()}}
+            best = max(names, key=lambda name: (compared[name], -names.index(name)))
+            chosen = dict(current)
+            if compared[best] > compared["reference"]:
+                chosen.update(dict.fromkeys(plan.variants[best].arms, best))
+        current = {**current, **chosen}
+        out.append({"stage": stage, "chosen": dict(current), "scores": compared})
+    return out
+
+
+def configuration(plan: Plan, scores: pd.DataFrame, variant: str, arm: str) -> dict[str, Any]:
+    """The overrides a run of ``variant`` on ``arm`` trains with: the choices of the earlier stages, then its own.
+
+    Raises:
+        RuntimeError: an earlier stage is not decided yet (its runs have not all finished).
+    """
+    order = list(dict.fromkeys(v.stage for v in plan.variants.values()))
+    stage = plan.variants[variant].stage
+    before = [name for name in decision_stages(plan) if order.index(name) < order.index(stage)]
+    decided = decisions(scores, plan)
+    if len(decided) < len(before):
+        raise RuntimeError(f"variant {variant}: stage {before[len(decided)]} is not decided yet; run its variants "
+                           "first")
+    overrides: dict[str, Any] = {}
+    chain = [decided[i]["chosen"][arm] for i in range(len(before))]
+    for name in dict.fromkeys(chain):  # each chosen variant's own overrides, in stage order
+        overrides.update(plan.variants[name].set)
+    return {**overrides, **plan.variants[variant].set}
 
 
 def report_markdown(scores: pd.DataFrame, plan: Plan) -> str:
@@ -342,12 +465,14 @@ def report_markdown(scores: pd.DataFrame, plan: Plan) -> str:
     header = "| " + " | ".join(table.columns) + " |"
     lines = [header, "|" + "---|" * len(table.columns)]
     lines += ["| " + " | ".join(str(value) for value in row) + " |" for row in table.itertuples(index=False)]
-    chosen = select(scores, plan)
-    decided = ", ".join(f"`{arm}`: `{name}`" for arm, name in chosen.items()) or "not yet (runs missing)"
+    decided = "\n".join(
+        f"- Stage {entry['stage']}: " + ", ".join(f"`{arm}` → `{name}`" for arm, name in entry["chosen"].items())
+        + " (compared: " + ", ".join(f"{key} {value:.3f}" for key, value in entry["scores"].items()) + ")"
+        for entry in decisions(scores, plan)) or "- no stage decided yet (runs missing)"
     return ("\n## Results\n\nMean ± sample std over seeds; each seed's predictions pooled over the 8 folds. "
             "ΔUF1 is paired by seed with the same arm and split under `default` (Student's t 95% interval). "
             "Training accuracy is the last epoch's, on the training clips (augmented), mean over folds.\n\n"
-            + "\n".join(lines) + f"\n\n**Stage A by the rule** (best mean validation UF1 per arm): {decided}.\n")
+            + "\n".join(lines) + f"\n\n**The rule's decisions** (mean validation UF1):\n\n{decided}\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -368,10 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or args.workspace / "results" / "study"
     if args.command == "run":
         return 1 if run_study(args.workspace, plan, out, args.variants, args.workers) else 0
-    files = sorted(out.glob("*/*/*/fold*/seed*.parquet"))
-    predictions = pd.concat([pd.read_parquet(path) for path in files] + [_workspace_test_predictions(args.workspace)],
-                            ignore_index=True)
-    scores = run_scores(predictions, len(plan.folds))
+    scores = study_scores(args.workspace, out, plan)
     scores.to_csv(out / "scores.csv", index=False)
     text = DOC.read_text()
     head = text.split(MARKER)[0].rstrip("\n")
