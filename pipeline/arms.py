@@ -1,7 +1,7 @@
 """The arms of the ablation (DESIGN §5): the one list of arm names (``finetune_<arm>@<fold>`` stages).
 
-Every arm trains on the same LOSO folds and seeds with the same recipe; they differ only in the model and its
-initialisation.
+Every arm trains on the same LOSO folds and seeds; they differ in the model, its initialisation and the arm's
+changes to the shared recipe (``finetune.arm_recipes``: :meth:`pipeline.config.FinetuneParams.arm_recipe`).
 """
 
 from __future__ import annotations

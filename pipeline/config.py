@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
@@ -282,13 +282,40 @@ class RecipeParams(_Section):
         return _distinct_naturals(value, info.field_name)
 
 
+# the recipe keys an arm may change (finetune.arm_recipes); the seeds, the device and determinism stay shared
+ARM_RECIPE_KEYS = tuple(key for key in RecipeParams.model_fields if key not in ("seeds", "device", "deterministic"))
+
+
+class ArmRecipes(_Section):
+    """Per-arm changes to ``finetune.recipe`` (``finetune.arm_recipes``): ``{}`` = the shared recipe.
+
+    One mapping per arm of :data:`pipeline.arms.ARMS` (``ma2mi``, ``scratch``, ``baseline``), of recipe keys
+    (:data:`ARM_RECIPE_KEYS`: not ``seeds``, ``device`` or ``deterministic``, which the arms share so that they
+    stay paired) to values. The study of ``docs/study.md`` chose them on the development seed.
+    """
+
+    ma2mi: dict[str, Any]  # e.g. {lr: 0.003, epochs: 50}
+    scratch: dict[str, Any]
+    baseline: dict[str, Any]
+
+    @model_validator(mode="after")
+    def _recipe_keys(self) -> ArmRecipes:
+        for arm in type(self).model_fields:
+            unknown = sorted(set(getattr(self, arm)) - set(ARM_RECIPE_KEYS))
+            if unknown:
+                raise ValueError(f"{arm}: {unknown} cannot differ between arms; an arm may change "
+                                 f"{', '.join(ARM_RECIPE_KEYS)}")
+        return self
+
+
 class FinetuneParams(_Section):
-    """The ablation (``finetune``): which LOSO folds run, the baseline arm, and the recipe every arm shares."""
+    """The ablation (``finetune``): which LOSO folds run, the baseline arm, the recipe and each arm's changes to it."""
 
     folds: list[Int] = Field(min_length=1)  # LOSO fold index into the sorted subject list
     label_budgets: list[Int]  # label-efficiency curve: also train on this many clips per class and subject
     baseline: BaselineParams
     recipe: RecipeParams
+    arm_recipes: ArmRecipes  # per-arm changes to the recipe ({} = none): arm_recipe(arm) is what an arm trains with
     workers: Int = Field(ge=0)  # training runs at once (Dask processes, one thread each); 0 = one per core
     cluster: str | None  # None: a local Dask cluster of `workers` (or DASK_SCHEDULER_ADDRESS); else a scheduler
 
@@ -303,6 +330,24 @@ class FinetuneParams(_Section):
         if value and (len(set(value)) != len(value) or min(value) < 1):
             raise ValueError(f"label_budgets must be distinct integers >= 1 (clips per class and subject), got {value}")
         return value
+
+    def arm_recipe(self, arm: str) -> RecipeParams:
+        """The recipe ``arm`` trains with: ``recipe`` with ``arm_recipes.<arm>`` applied.
+
+        Raises:
+            AttributeError: ``arm`` is not an arm.
+        """
+        return RecipeParams.model_validate({**self.recipe.model_dump(), **getattr(self.arm_recipes, arm)})
+
+    @model_validator(mode="after")
+    def _arm_recipes_valid(self) -> FinetuneParams:
+        for arm in ArmRecipes.model_fields:
+            try:
+                self.arm_recipe(arm)
+            except ValidationError as err:
+                problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+                raise ValueError(f"arm_recipes.{arm}: {problems}") from None
+        return self
 
     @model_validator(mode="after")
     def _baseline_folds(self) -> FinetuneParams:

@@ -34,7 +34,7 @@ def final_flow(arm: str, params_path: str = "params.yaml") -> dict:
     """Train ``arm`` on every subject once, with the LOSO recipe; write the weights and the model card."""
     params = load_params(params_path)
     check_final_arm(params, arm)
-    recipe = params.finetune.recipe
+    recipe = params.finetune.arm_recipe(arm)
     set_deterministic(recipe.deterministic)
     device = resolve_device(recipe.device)
     micro_dir, metrics_path = params.paths.micro_dir, params.paths.evaluate_dir / "metrics.json"

@@ -1,19 +1,20 @@
 """DVC stage ``finetune_<arm>@<fold>``: one arm of the ablation on one LOSO fold, once per seed.
 
-Arms (:data:`pipeline.arms.ARMS`, DESIGN §5): ``ma2mi`` (MIACNet, branches from ``pretrain/encoder.pt``),
-``scratch`` (MIACNet, random init) and ``baseline`` (``finetune.baseline.model``, e.g. MMNet, random init); all
-with the same folds, seeds and recipe. Outputs under ``paths.finetune_dir/<arm>/fold<k>/``: ``predictions.parquet``
-(the held-out subject's samples with ``seed``, ``label``, ``predicted`` and one ``prob_<class>`` column per
-class; one row per sample and seed), ``model_seed<s>.pt`` and ``dvclive/seed<s>/`` (per-epoch training loss and
-accuracy). While it runs, each seed's full training state is saved (every 30 s and at its end) under
-``paths.checkpoint_dir``: a killed run resumes where it stopped, finished seeds included, with the same result.
-The training runs (seeds × label budgets) are independent Prefect task runs on Dask worker processes of one thread
-each, ``finetune.workers`` at once (:func:`pipeline.orchestration.stage.dask_task_runner`), each loading the fold's
-inputs itself (:mod:`pipeline.train.fold_run`); a run's result does not depend on how many run beside it, and runs
-side by side share no file (each writes its own curve folder with :class:`pipeline.train.engine.EpochCurves`, not
-DVCLive's ``Live``, whose workspace signal file two runs ending at once raced on). When a run fails, the others
-still run to their end; the stage then fails with :class:`TrainingRunsFailed`, naming each failed run (arm, fold,
-seed, label budget) and its error, and its rerun takes the finished runs back from their states.
+Arms (:data:`pipeline.arms.ARMS`, DESIGN §5): ``ma2mi`` (MIACNet, branches from ``pretrain/encoder.pt``), ``scratch``
+(MIACNet, random init) and ``baseline`` (``finetune.baseline.model``, e.g. MMNet, random init); all with the same
+folds and seeds, and the recipe with the arm's changes (``finetune.arm_recipes``). Outputs under
+``paths.finetune_dir/<arm>/fold<k>/``: ``predictions.parquet`` (the held-out subject's samples with ``seed``,
+``label``, ``predicted`` and one ``prob_<class>`` column per class; one row per sample and seed), ``model_seed<s>.pt``
+and ``dvclive/seed<s>/`` (per-epoch training loss and accuracy). While it runs, each seed's full training state is
+saved (every 30 s and at its end) under ``paths.checkpoint_dir``: a killed run resumes where it stopped, finished
+seeds included, with the same result. The training runs (seeds × label budgets) are independent Prefect task runs on
+Dask worker processes of one thread each, ``finetune.workers`` at once
+(:func:`pipeline.orchestration.stage.dask_task_runner`), each loading the fold's inputs itself
+(:mod:`pipeline.train.fold_run`); a run's result does not depend on how many run beside it, and runs side by side
+share no file (each writes its own curve folder with :class:`pipeline.train.engine.EpochCurves`, not DVCLive's
+``Live``, whose workspace signal file two runs ending at once raced on). When a run fails, the others still run to
+their end; the stage then fails with :class:`TrainingRunsFailed`, naming each failed run (arm, fold, seed, label
+budget) and its error, and its rerun takes the finished runs back from their states.
 Run: ``python -m stages.finetune --arm ma2mi --fold 3``.
 """
 
@@ -49,7 +50,7 @@ from pipeline.orchestration.stage import (
 def finetune_flow(arm: str, fold: int, params_path: str = "params.yaml") -> dict:
     """Fine-tune ``arm`` on LOSO fold ``fold`` once per seed of ``finetune.recipe.seeds`` (and label budget)."""
     params = load_params(params_path)
-    recipe = params.finetune.recipe
+    recipe = params.finetune.arm_recipe(arm)  # the shared recipe with the arm's changes (finetune.arm_recipes)
     if arm not in active_arms(params.finetune):
         raise ValueError(f"arm {arm!r} is off: the active arms are {active_arms(params.finetune)} "
                          "(the baseline arm runs when finetune.baseline.folds is not empty)")

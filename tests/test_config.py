@@ -136,3 +136,26 @@ def test_a_final_baseline_that_is_not_the_baseline_arm_is_refused_at_load(tmp_pa
     raw_params["finetune"]["baseline"]["folds"] = []  # the arm off
     with pytest.raises(ConfigError, match=r"with the baseline arm on"):
         load_params(_write(tmp_path, raw_params))
+
+
+def test_an_arm_changes_its_own_recipe_only(tmp_path, raw_params):
+    from pipeline.arms import ARMS
+    from pipeline.config import ArmRecipes
+
+    assert set(ArmRecipes.model_fields) == set(ARMS)  # one entry per arm, none more
+    raw_params["finetune"]["arm_recipes"]["baseline"] = {"lr": 0.003, "epochs": 50}
+    finetune = load_params(_write(tmp_path, raw_params)).finetune
+    assert (finetune.arm_recipe("baseline").lr, finetune.arm_recipe("baseline").epochs) == (0.003, 50)
+    assert finetune.arm_recipe("ma2mi") == finetune.recipe  # {}: the shared recipe
+    assert finetune.arm_recipe("baseline").seeds == finetune.recipe.seeds
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"seeds": [0]}, r"finetune\.arm_recipes.*scratch: \['seeds'\] cannot differ between arms"),
+    ({"lr": -1.0}, r"arm_recipes\.scratch: lr: Input should be greater than 0"),
+    ({"epochs": True}, r"arm_recipes\.scratch: epochs"),
+])
+def test_an_arm_recipe_that_breaks_the_pairing_or_the_recipe_is_an_error(tmp_path, raw_params, change, message):
+    raw_params["finetune"]["arm_recipes"]["scratch"] = change
+    with pytest.raises(ConfigError, match=message):
+        load_params(_write(tmp_path, raw_params))

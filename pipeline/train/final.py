@@ -122,7 +122,7 @@ def model_card(*, arm: str, spec: ArmModel, params: Params, classes: list[str], 
     Args:
         arm: a key of :data:`pipeline.arms.ARMS`.
         spec: the arm's classifier (:func:`pipeline.models.registry.arm_model`): the card's ``model`` entry.
-        params: all params (the card quotes ``micro``, ``finetune`` and the training recipe).
+        params: all params (the card quotes ``micro``, ``finetune`` and the arm's training recipe).
         classes: class names in label order.
         samples: what the model was trained on (``subject``, ``label_name``, ``source_dataset``).
         model: the trained model.
@@ -167,7 +167,7 @@ def model_card(*, arm: str, spec: ArmModel, params: Params, classes: list[str], 
         "preprocessing": preprocessing,
         "model": {"name": spec.name, "params": spec.params.model_dump(mode="json"),
                   "parameters": sum(p.numel() for p in model.parameters())},
-        "recipe": params.finetune.recipe.model_dump(mode="json"),
+        "recipe": params.finetune.arm_recipe(arm).model_dump(mode="json"),
         "seed": final_seed(params),
         "pretrained": ARMS[arm].pretrained,
         "trained_on": {"dataset": micro.dataset, "samples": len(samples),
