@@ -136,3 +136,11 @@ def test_a_study_run_trains_on_the_validation_split_and_resumes_nothing_twice(tm
     assert table["train_accuracy"].between(0, 1).all() and (table["wall_s"] > 0).all()
     assert not list(run.result(out).parent.glob("model_seed*.pt"))  # selection runs keep no weights
     assert not list(run.result(out).parent.glob("state_seed*.pt"))
+
+
+def test_a_variant_may_add_an_arms_recipe_change_but_not_shadow_one():
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = study.variant_params(raw, {"finetune.arm_recipes.baseline.lr": 0.003}, "v")
+    assert params.finetune.arm_recipe("baseline").lr == 0.003 and params.finetune.arm_recipe("ma2mi").lr != 0.003
+    with pytest.raises(KeyError, match=r"finetune\.arm_recipes\.x\.lr"):
+        study.variant_params(raw, {"finetune.arm_recipes.x.lr": 0.003}, "v")

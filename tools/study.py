@@ -94,7 +94,8 @@ def variant_params(raw: dict, overrides: dict[str, Any], where: str):
             node = node.get(part) if isinstance(node, dict) else None
             if node is None:
                 break
-        if not isinstance(node, dict) or leaf not in node:
+        new_arm_key = dotted.startswith("finetune.arm_recipes.") and len(parents) == 3  # an arm's change: may be new
+        if not isinstance(node, dict) or (leaf not in node and not new_arm_key):
             raise KeyError(f"{where}: {dotted!r} is not a key of params.yaml")
         node[leaf] = value
     try:
@@ -228,6 +229,11 @@ def run_study(workspace: Path, plan: Plan, out: Path, variants: list[str] | None
         if ARMS[run.arm].pretrained and any(key.startswith(PRETRAIN_KEYS) for key in overrides):
             params = params.model_copy(update={"paths": params.paths.model_copy(
                 update={"pretrain_dir": pretrained_encoder(params, overrides, out)})})
+        shadowed = sorted(key for key in overrides if key.startswith("finetune.recipe.")
+                          and key.rsplit(".", 1)[1] in getattr(params.finetune.arm_recipes, run.arm))
+        if shadowed:
+            raise ValueError(f"variant {run.variant} ({run.arm}): {shadowed} would not act, the workspace's "
+                             f"finetune.arm_recipes.{run.arm} sets them; override finetune.arm_recipes.{run.arm}.<key>")
         print(f"{run.variant} / {run.arm}: {overrides or 'the workspace params'}", flush=True)
         jobs[(run.variant, run.arm)] = params, arm_model(run.arm, finetune=params.finetune, model=params.model)
     dask.config.set(DASK_WORKER_CONFIG)
@@ -237,7 +243,8 @@ def run_study(workspace: Path, plan: Plan, out: Path, variants: list[str] | None
         futures = {}
         for run in todo:
             params, model = jobs[(run.variant, run.arm)]
-            futures[client.submit(_train, run, params.paths, model, params.finetune.recipe, str(out.resolve()),
+            futures[client.submit(_train, run, params.paths, model, params.finetune.arm_recipe(run.arm),
+                                  str(out.resolve()),
                                   key=f"study-{run.name}".replace(" ", "-"), pure=False)] = run
         for future in tqdm(as_completed(futures), total=len(futures), desc="study runs", unit="run"):
             if future.status == "error":
