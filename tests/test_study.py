@@ -81,6 +81,8 @@ def test_stage_a_keeps_the_default_on_a_tie_and_takes_a_strictly_better_candidat
     assert stage_a["chosen"]["ma2mi"] == "default" and stage_a["chosen"]["scratch"] == "fast"
     incomplete = scores[~((scores["variant"] == "faster") & (scores["arm"] == "scratch") & (scores["seed"] == 1))]
     assert study.decisions(incomplete, plan) == []  # a stage with a missing seed is not decided
+    assert study.decisions(pd.DataFrame(), plan) == []  # before any run finished (a fresh study)
+    assert study.configuration(plan, pd.DataFrame(), "fast", "ma2mi") == {"x": 1}
 
 
 def test_later_stages_decide_jointly_on_top_of_the_earlier_choices():

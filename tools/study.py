@@ -383,6 +383,8 @@ ARM_NAMES = ("ma2mi", "scratch", "baseline")
 
 def _mean_uf1(validation: pd.DataFrame, variant: str, arm: str, n_seeds: int) -> float | None:
     """Mean validation UF1 over seeds of ``variant`` on ``arm``; None until every seed finished."""
+    if validation.empty:  # no run has finished yet
+        return None
     values = validation[(validation["variant"] == variant) & (validation["arm"] == arm)]["uf1"]
     return float(values.mean()) if len(values) == n_seeds else None
 
