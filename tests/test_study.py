@@ -111,6 +111,11 @@ def test_later_stages_decide_jointly_on_top_of_the_earlier_choices():
     assert study.decisions(scores, plan)[-1]["chosen"]["ma2mi"] == "flow"
     assert study.configuration(plan, scores, "chosen", "ma2mi") == {"finetune.recipe.lr": 0.003,
                                                                      "model.action_input": "flow"}
+    scores = scores.assign(uar=scores["uf1"], accuracy=scores["uf1"], train_accuracy=1.0, wall_s=2.0)
+    text = study.report_markdown(scores, plan, {"workspace (pretrain.epochs: 20)": 0.8675})
+    assert "- `ma2mi`: {'finetune.recipe.lr': 0.003, 'model.action_input': 'flow'}" in text
+    assert "- `scratch`: {'model.action_input': 'flow'}" in text and "pretrain.epochs: 20): 0.8675" in text
+    assert "chosen configuration" not in study.report_markdown(scores[scores["variant"] != "long"], plan)
 
 
 def test_set_dev_seed_changes_that_one_key():

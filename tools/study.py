@@ -38,7 +38,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["MARKER", "Plan", "Run", "configuration", "decision_stages", "decisions", "planned_runs",
+__all__ = ["MARKER", "Plan", "Run", "configuration", "decision_stages", "decisions", "encoder_ratios", "planned_runs",
            "pretrained_encoder", "report_markdown", "run_scores", "run_study", "study_scores", "variant_params"]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -468,8 +468,33 @@ def configuration(plan: Plan, scores: pd.DataFrame, variant: str, arm: str) -> d
     return {**overrides, **plan.variants[variant].set}
 
 
-def report_markdown(scores: pd.DataFrame, plan: Plan) -> str:
-    """The results section of ``docs/study.md``: the table, and stage A's choice per arm."""
+def encoder_ratios(workspace: Path, out: Path) -> dict[str, float]:
+    """Held-out ``recon_loss / copy_loss`` of each MA2MI encoder the study fine-tunes from.
+
+    Keys: ``"workspace (pretrain.epochs: N)"`` for the workspace's own ``dvc repro`` encoder, and each study encoder's
+    pre-training overrides (``<out>/pretrain-*/overrides.json``) as JSON. Encoders not trained yet are absent.
+    """
+    from pipeline.config import load_params
+
+    params = load_params(workspace / "params.yaml")
+    ratios = {}
+    own = workspace / params.paths.pretrain_dir / "metrics.json"
+    if own.is_file():
+        ratios[f"workspace (pretrain.epochs: {params.pretrain.epochs})"] = json.loads(own.read_text())[
+            "heldout_recon_over_copy"]
+    for folder in sorted(out.glob("pretrain-*")):
+        if (folder / "metrics.json").is_file():
+            overrides = json.loads((folder / "overrides.json").read_text())
+            ratios[json.dumps(overrides)] = json.loads((folder / "metrics.json").read_text())["heldout_recon_over_copy"]
+    return ratios
+
+
+def report_markdown(scores: pd.DataFrame, plan: Plan, encoders: dict[str, float] | None = None) -> str:
+    """The results section of ``docs/study.md``.
+
+    The table, each stage's decision, the chosen configuration per arm once every stage is decided, and the
+    held-out ratio of each pre-trained encoder (``encoders``: :func:`encoder_ratios`).
+    """
     table = summary_table(scores, plan).drop(columns="uf1_mean")
     header = "| " + " | ".join(table.columns) + " |"
     lines = [header, "|" + "---|" * len(table.columns)]
@@ -478,10 +503,24 @@ def report_markdown(scores: pd.DataFrame, plan: Plan) -> str:
         f"- Stage {entry['stage']}: " + ", ".join(f"`{arm}` → `{name}`" for arm, name in entry["chosen"].items())
         + " (compared: " + ", ".join(f"{key} {value:.3f}" for key, value in entry["scores"].items()) + ")"
         for entry in decisions(scores, plan)) or "- no stage decided yet (runs missing)"
+    chosen = ""
+    if len(decisions(scores, plan)) == len(decision_stages(plan)):
+        check = next((name for name, variant in plan.variants.items() if variant.stage not in decision_stages(plan)),
+                     None)
+        if check is not None:
+            chosen = "\n**The chosen configuration** (overrides of the workspace's params, per arm):\n\n" + "\n".join(
+                f"- `{arm}`: {configuration(plan, scores, check, arm) or 'none (the default)'}"
+                for arm in sorted({arm for variant in plan.variants.values() for arm in variant.arms})) + "\n"
+    ratios = ""
+    if encoders:
+        ratios = ("\n**Pre-trained encoders**, held-out `recon_loss / copy_loss` (lower: a better prediction of the "
+                  "future frame than copying the current one):\n\n"
+                  + "\n".join(f"- {name}: {value:.4f}" for name, value in encoders.items()) + "\n")
     return ("\n## Results\n\nMean ± sample std over seeds; each seed's predictions pooled over the 8 folds. "
             "ΔUF1 is paired by seed with the same arm and split under `default` (Student's t 95% interval). "
             "Training accuracy is the last epoch's, on the training clips (augmented), mean over folds.\n\n"
-            + "\n".join(lines) + f"\n\n**The rule's decisions** (mean validation UF1):\n\n{decided}\n")
+            + "\n".join(lines) + f"\n\n**The rule's decisions** (mean validation UF1):\n\n{decided}\n"
+            + chosen + ratios)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -506,11 +545,12 @@ def main(argv: list[str] | None = None) -> int:
     scores.to_csv(out / "scores.csv", index=False)
     text = DOC.read_text()
     head = text.split(MARKER)[0].rstrip("\n")
-    new = f"{head}\n\n{MARKER}\n{report_markdown(scores, plan)}"
+    section = report_markdown(scores, plan, encoder_ratios(args.workspace, out))
+    new = f"{head}\n\n{MARKER}\n{section}"
     if args.check:
         return 0 if new == text else 1
     DOC.write_text(new)
-    print(report_markdown(scores, plan))
+    print(section)
     return 0
 
 
