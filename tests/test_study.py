@@ -47,7 +47,7 @@ def test_the_committed_plan_is_valid_against_params_yaml():
             node = params.model_dump()
             for part in key.split("."):
                 node = node[part]
-            assert node == value, (name, key)
+            assert (list(node) if isinstance(node, tuple) else node) == value, (name, key)  # ranges load as tuples
     assert len(study.planned_runs(plan, ["default"])) == 3 * 1 * len(plan.folds) * len(plan.seeds)
 
 

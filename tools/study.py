@@ -501,7 +501,7 @@ def report_markdown(scores: pd.DataFrame, plan: Plan, encoders: dict[str, float]
     lines += ["| " + " | ".join(str(value) for value in row) + " |" for row in table.itertuples(index=False)]
     decided = "\n".join(
         f"- Stage {entry['stage']}: " + ", ".join(f"`{arm}` → `{name}`" for arm, name in entry["chosen"].items())
-        + " (compared: " + ", ".join(f"{key} {value:.3f}" for key, value in entry["scores"].items()) + ")"
+        + " (compared: " + ", ".join(f"{key} {value:.4f}" for key, value in entry["scores"].items()) + ")"
         for entry in decisions(scores, plan)) or "- no stage decided yet (runs missing)"
     chosen = ""
     if len(decisions(scores, plan)) == len(decision_stages(plan)):
