@@ -36,3 +36,13 @@ def test_pretrain_declares_every_key_but_the_loader(repo):
     keys = {f"pretrain.{name}" for name in PretrainParams.model_fields} - {"pretrain.loader"}
     assert keys <= declared, sorted(keys - declared)
     assert not {"pretrain", "pretrain.loader"} & declared
+
+
+def test_pretrain_and_probe_read_the_encoders_model_keys_not_the_fine_tuning_ones(repo):
+    from pipeline.config import ModelParams
+
+    encoder_keys = {f"model.{name}" for name in ModelParams.model_fields} - {"model.action_input", "model.dropout"}
+    for stage in ("pretrain", "probe"):
+        declared = {key for key in _stages(repo)[stage]["params"] if key.startswith("model")}
+        assert declared == encoder_keys, stage  # model.action_input: flow must not retrain the encoder
+
