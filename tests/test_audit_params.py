@@ -97,10 +97,11 @@ def test_a_value_of_the_wrong_type_is_refused_naming_the_key(tmp_path, raw_param
 def test_exponent_floats_are_floats_as_in_yaml_1_2(tmp_path, raw_params):
     """PyYAML (YAML 1.1) reads ``1e-3`` as a string; DVC (YAML 1.2) as a float. The params loader follows 1.2,
     so strict floats do not refuse the way researchers write learning rates."""
-    text = yaml.safe_dump(raw_params).replace("lr: 0.001", "lr: 1e-3", 1)
-    assert "lr: 1e-3" in text
+    raw_params["finetune"]["recipe"]["lr"] = 0.007  # a value no other key has
+    text = yaml.safe_dump(raw_params).replace("lr: 0.007", "lr: 7e-3", 1)
+    assert "lr: 7e-3" in text and isinstance(yaml.safe_load(text)["finetune"]["recipe"]["lr"], str)  # YAML 1.1
     (tmp_path / "params.yaml").write_text(text)
-    assert load_params(tmp_path / "params.yaml").finetune.recipe.lr == pytest.approx(1e-3)
+    assert load_params(tmp_path / "params.yaml").finetune.recipe.lr == pytest.approx(7e-3)
 
 
 def test_an_int_is_a_float(tmp_path, raw_params):
