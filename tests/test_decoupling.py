@@ -28,7 +28,7 @@ def test_donors_are_of_another_subject_and_repeatable():
 
 def test_ablations_change_only_the_position_branch_and_leave_the_model_as_it_was(tmp_path, raw_params):
     raw = shrink(raw_params)
-    raw["model"].update(image_size_px=32, code_channels=8)
+    raw["model"].update(image_size_px=32, code_channels=8, action_input="difference")  # the samples hold no flow
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     torch.manual_seed(0)
     model = MIACNet(load_params(tmp_path / "params.yaml").model, 3).eval()

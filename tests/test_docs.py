@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import REPO
 
@@ -193,4 +194,5 @@ def test_the_params_key_reference_lists_every_key_of_the_schema():
     for cls, path in ((RecipeParams, "finetune.recipe"), (FinetuneParams, "finetune")):
         section = text.split(f"### `{path}`\n")[1].split("### ")[0]
         assert all(f"| `{name}` |" in section for name in cls.model_fields), path
-    assert "| `lr` | float | > 0 | `0.001` |" in text
+    default_lr = yaml.safe_load((REPO / "params.yaml").read_text())["finetune"]["recipe"]["lr"]
+    assert f"| `lr` | float | > 0 | `{default_lr}` |" in text

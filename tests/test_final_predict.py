@@ -40,7 +40,8 @@ def test_the_card_says_how_the_model_was_trained_and_how_to_apply_it(demo):
     params = demo["params"]
     assert card["format"] == "ma2mi-model-card" and card["arm"] == "scratch" and card["label"] == "scratch"
     assert card["classes"] == demo["classes"] == ["negative", "positive", "surprise"]
-    assert card["input"] == {**card["input"], "names": ["onset", "apex"], "crop_size_px": 48, "model_size_px": 48}
+    names = list(demo["models"]["scratch"].input_names)  # ("onset", "flow") or ("onset", "apex"): model.action_input
+    assert card["input"] == {**card["input"], "names": names, "crop_size_px": 48, "model_size_px": 48}
     pre = card["preprocessing"]
     assert {k: pre[k] for k in ("detector", "box_scale", "align_margin", "image_size_px", "optical_flow")} == {
         "detector": "none", "box_scale": 1.3, "align_margin": 0.25, "image_size_px": 48, "optical_flow": "tvl1"}

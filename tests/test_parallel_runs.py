@@ -52,7 +52,7 @@ def fold_workspace(root: Path, raw_params: dict, seeds: list[int], epochs: int =
     """A DVC workspace with a tiny ingested micro dataset (3 subjects x 4 clips, 32 px) and its params.yaml."""
     dvc_workspace(root)
     raw = shrink(raw_params)
-    raw["model"]["image_size_px"] = 32
+    raw["model"].update(image_size_px=32, action_input="difference")  # the samples below hold no optical flow
     raw["finetune"]["recipe"].update(epochs=epochs, batch_size=4, seeds=seeds)
     raw["finetune"]["label_budgets"] = [1]
     raw["paths"].update(micro_dir=str(root / "micro"), finetune_dir=str(root / "finetune"),

@@ -26,7 +26,7 @@ def setup(tmp_path, raw_params):
     import yaml
 
     raw = shrink(raw_params)
-    raw["model"]["image_size_px"] = 32
+    raw["model"].update(image_size_px=32, action_input="difference")  # the samples below hold no optical flow
     raw["finetune"]["recipe"].update(epochs=3, batch_size=4)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     params = load_params(tmp_path / "params.yaml")

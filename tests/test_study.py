@@ -147,7 +147,7 @@ def test_a_study_run_trains_on_the_validation_split_and_resumes_nothing_twice(tm
 
 def test_a_variant_may_add_an_arms_recipe_change_but_not_shadow_one():
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    params = study.variant_params(raw, {"finetune.arm_recipes.baseline.lr": 0.003}, "v")
-    assert params.finetune.arm_recipe("baseline").lr == 0.003 and params.finetune.arm_recipe("ma2mi").lr != 0.003
+    params = study.variant_params(raw, {"finetune.arm_recipes.baseline.lr": 0.0042}, "v")
+    assert params.finetune.arm_recipe("baseline").lr == 0.0042 and params.finetune.arm_recipe("ma2mi").lr != 0.0042
     with pytest.raises(KeyError, match=r"finetune\.arm_recipes\.x\.lr"):
         study.variant_params(raw, {"finetune.arm_recipes.x.lr": 0.003}, "v")
