@@ -244,7 +244,7 @@ class PretrainParams(_Section):
 
 
 class BaselineParams(_Section):
-    """The published baseline arm, trained on the same folds and seeds with the same recipe as MIACNet."""
+    """The published baseline arm: the same folds and seeds as MIACNet, the recipe with ``arm_recipes.baseline``."""
 
     model: str  # a classifier of pipeline.models.registry.MODELS (e.g. mmnet, resnet18-diff)
     image_size_px: Int = Field(ge=16)  # the baseline's input side (MMNet's reference: 224, the only size it takes)
