@@ -45,4 +45,3 @@ def test_pretrain_and_probe_read_the_encoders_model_keys_not_the_fine_tuning_one
     for stage in ("pretrain", "probe"):
         declared = {key for key in _stages(repo)[stage]["params"] if key.startswith("model")}
         assert declared == encoder_keys, stage  # model.action_input: flow must not retrain the encoder
-

@@ -383,8 +383,6 @@ ARM_NAMES = ("ma2mi", "scratch", "baseline")
 
 def _mean_uf1(validation: pd.DataFrame, variant: str, arm: str, n_seeds: int) -> float | None:
     """Mean validation UF1 over seeds of ``variant`` on ``arm``; None until every seed finished."""
-    if validation.empty:  # no run has finished yet
-        return None
     values = validation[(validation["variant"] == variant) & (validation["arm"] == arm)]["uf1"]
     return float(values.mean()) if len(values) == n_seeds else None
 
@@ -412,7 +410,9 @@ def decisions(scores: pd.DataFrame, plan: Plan) -> list[dict[str, Any]]:
         One entry per decided stage: ``stage``, ``chosen`` (arm -> the variant whose configuration the arm carries
         after the stage) and ``scores`` (variant -> the mean compared).
     """
-    validation = scores[scores["split"] == "validation"] if len(scores) else scores
+    if scores.empty:  # no run has finished yet: nothing is decided
+        return []
+    validation = scores[scores["split"] == "validation"]
     n_seeds = len(plan.seeds)
     current = dict.fromkeys(ARM_NAMES, DEFAULT)
     out = []
@@ -499,12 +499,13 @@ def report_markdown(scores: pd.DataFrame, plan: Plan, encoders: dict[str, float]
     header = "| " + " | ".join(table.columns) + " |"
     lines = [header, "|" + "---|" * len(table.columns)]
     lines += ["| " + " | ".join(str(value) for value in row) + " |" for row in table.itertuples(index=False)]
+    decided_stages = decisions(scores, plan)
     decided = "\n".join(
         f"- Stage {entry['stage']}: " + ", ".join(f"`{arm}` → `{name}`" for arm, name in entry["chosen"].items())
         + " (compared: " + ", ".join(f"{key} {value:.4f}" for key, value in entry["scores"].items()) + ")"
-        for entry in decisions(scores, plan)) or "- no stage decided yet (runs missing)"
+        for entry in decided_stages) or "- no stage decided yet (runs missing)"
     chosen = ""
-    if len(decisions(scores, plan)) == len(decision_stages(plan)):
+    if len(decided_stages) == len(decision_stages(plan)):
         check = next((name for name, variant in plan.variants.items() if variant.stage not in decision_stages(plan)),
                      None)
         if check is not None:
